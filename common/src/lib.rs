@@ -1,0 +1,15 @@
+//! Shared library of the suite: spec types and version conversion, the entrypoint that reads
+//! the CNI environment, the error type, netlink, network namespaces, nftables and IPAM
+//! delegation.
+
+pub mod error;
+pub mod ipam;
+pub mod logging;
+pub mod netlink;
+pub mod netns;
+pub mod nft;
+pub mod skel;
+pub mod spec;
+pub mod sysctl;
+
+pub use error::{Error, Result};

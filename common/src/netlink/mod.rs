@@ -1,0 +1,1 @@
+//! Synchronous rtnetlink: a socket with sequence checks and acks, and typed operations.

@@ -1,0 +1,1 @@
+//! nftables through the `nft` binary's JSON interface: one transaction per call.
