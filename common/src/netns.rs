@@ -26,8 +26,8 @@ impl NetNs {
         let fs_type = fstatfs(&file)
             .map_err(|e| Error::io(format!("statfs of netns {path}"), e.into()))?
             .filesystem_type()
-            .0 as i64;
-        if fs_type != NSFS_MAGIC && fs_type != PROC_SUPER_MAGIC.0 as i64 {
+            .0;
+        if fs_type != NSFS_MAGIC && fs_type != PROC_SUPER_MAGIC.0 {
             return Err(Error::InvalidNetns(format!(
                 "{path} is not a network namespace (filesystem type {fs_type:#x})"
             )));
