@@ -1,1 +1,376 @@
-//! Test helpers.
+//! Test helpers: network namespaces made per test and removed when dropped (also when a test
+//! fails), the built binaries, and running them inside a namespace.
+//!
+//! A [`TestNs`] is held by a parked thread that unshared its network namespace; its path is
+//! `/proc/<pid>/task/<tid>/ns/net`. Nothing is mounted, so nothing outlives the test process:
+//! even a test killed halfway leaves no namespace behind, and with it go its links, addresses,
+//! routes, qdiscs and nftables tables.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use nix::sched::{CloneFlags, setns, unshare};
+use serde_json::Value;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// True when the tests that need root can run; otherwise they print why and return early.
+pub fn have_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        true
+    } else {
+        eprintln!("skipping: needs root (network namespaces)");
+        false
+    }
+}
+
+/// A name no other test (or test process) uses; `prefix` + 8 characters, so keep the prefix
+/// at most 7 characters where the name becomes a link name (15 bytes at most).
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mix = (pid.wrapping_mul(2_654_435_761) ^ nanos.rotate_left(13))
+        .wrapping_add(n.wrapping_mul(40_503));
+    format!("{prefix}{:04x}{:04x}", mix & 0xffff, n & 0xffff)
+}
+
+/// A network namespace that lives as long as this value.
+pub struct TestNs {
+    path: String,
+    tid: i32,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TestNs {
+    /// A fresh network namespace with `lo` up.
+    pub fn new() -> TestNs {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let res = unshare(CloneFlags::CLONE_NEWNET).map(|_| nix::unistd::gettid().as_raw());
+            let ok = res.is_ok();
+            ready_tx.send(res).unwrap();
+            if ok {
+                // Parked until the TestNs is dropped (or the sender is gone).
+                let _ = stop_rx.recv();
+            }
+        });
+        let tid = ready_rx.recv().unwrap().expect("unshare(CLONE_NEWNET)");
+        let ns = TestNs {
+            path: format!("/proc/{}/task/{tid}/ns/net", std::process::id()),
+            tid,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// The path to pass as CNI_NETNS.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The id of the thread holding the namespace: what `ip link ... netns` takes.
+    pub fn tid(&self) -> String {
+        self.tid.to_string()
+    }
+
+    /// Runs `f` on a thread inside this namespace (sockets it opens belong to it, processes it
+    /// spawns start in it).
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let file = File::open(&self.path).expect("open netns");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                setns(file.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns");
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+    }
+
+    /// Runs a program inside this namespace and returns its output.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Output {
+        self.run(|| {
+            Command::new(program)
+                .args(args)
+                .output()
+                .unwrap_or_else(|e| panic!("running {program}: {e}"))
+        })
+    }
+
+    /// `ip ARGS` inside this namespace; panics if it fails. Returns stdout.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let out = self.exec("ip", args);
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ip -j ARGS` parsed (empty array when ip printed nothing).
+    pub fn ip_json(&self, args: &[&str]) -> Value {
+        let mut full = vec!["-j"];
+        full.extend_from_slice(args);
+        let out = self.ip(&full);
+        if out.trim().is_empty() {
+            Value::Array(vec![])
+        } else {
+            serde_json::from_str(&out).unwrap()
+        }
+    }
+
+    /// The `nft -j list ruleset` of this namespace.
+    pub fn nft_ruleset(&self) -> Value {
+        let out = self.exec("nft", &["-j", "list", "ruleset"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// True when a link of that name exists here.
+    pub fn has_link(&self, name: &str) -> bool {
+        self.exec("ip", &["link", "show", "dev", name])
+            .status
+            .success()
+    }
+
+    /// Reads a sysctl inside this namespace.
+    pub fn sysctl(&self, key: &str) -> String {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        self.run(|| std::fs::read_to_string(&path).unwrap().trim().to_string())
+    }
+}
+
+impl Default for TestNs {
+    fn default() -> Self {
+        TestNs::new()
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The directory holding the workspace's built binaries (`CNI_TEST_BIN_DIR`, else the
+/// profile directory this test binary was built into).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("CNI_TEST_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>
+    exe.parent().and_then(|p| p.parent()).unwrap().to_path_buf()
+}
+
+/// The path of a built binary; panics with the fix if it is missing.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --workspace` before the tests (the README's test command does)",
+        p.display()
+    );
+    p
+}
+
+/// What one plugin (or runner) invocation did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// stdout parsed as JSON (Null when empty).
+    pub fn json(&self) -> Value {
+        if self.stdout.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&self.stdout)
+                .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}", self.stdout))
+        }
+    }
+
+    /// Panics (with everything printed) unless the run succeeded.
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "failed: stdout={} stderr={}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// The CNI error code of a failed run (panics if it succeeded or printed no error object).
+    pub fn err_code(&self) -> u64 {
+        assert_ne!(self.code, 0, "expected a failure, got: {}", self.stdout);
+        self.json()["code"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no error code in {:?}", self.stdout))
+    }
+}
+
+/// Runs `program` inside `ns` with `env` (added to a clean environment with PATH) and `stdin`.
+pub fn run_in(ns: &TestNs, program: &PathBuf, env: &[(&str, &str)], stdin: &str) -> Run {
+    ns.run(|| {
+        let mut cmd = Command::new(program);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).ok();
+        let out = child.wait_with_output().unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    })
+}
+
+/// Runs a CNI plugin binary of this workspace inside `host` for one verb.
+#[allow(clippy::too_many_arguments)]
+pub fn cni(
+    host: &TestNs,
+    plugin: &str,
+    command: &str,
+    container_id: &str,
+    netns: &str,
+    ifname: &str,
+    conf: &Value,
+    extra_env: &[(&str, &str)],
+) -> Run {
+    let path = bin_dir();
+    let path = path.to_str().unwrap();
+    let mut env = vec![
+        ("CNI_COMMAND", command),
+        ("CNI_CONTAINERID", container_id),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", ifname),
+        ("CNI_PATH", path),
+    ];
+    env.extend_from_slice(extra_env);
+    run_in(host, &bin(plugin), &env, &conf.to_string())
+}
+
+/// Proves a TCP connection from `client` to `addr` (served inside `server`) carries data both
+/// ways. Bounded: gives up after a few seconds.
+pub fn tcp_exchange(server: &TestNs, client: &TestNs, addr: SocketAddr) -> Result<(), String> {
+    let listener = server
+        .run(|| TcpListener::bind(addr))
+        .map_err(|e| format!("bind {addr}: {e}"))?;
+    std::thread::scope(|s| {
+        let srv = s.spawn(|| -> Result<(), String> {
+            listener.set_nonblocking(false).map_err(|e| e.to_string())?;
+            let (mut conn, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+            conn.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            let mut buf = [0u8; 4];
+            conn.read_exact(&mut buf)
+                .map_err(|e| format!("server read: {e}"))?;
+            conn.write_all(b"pong")
+                .map_err(|e| format!("server write: {e}"))?;
+            Ok(())
+        });
+        let res = client.run(|| -> Result<(), String> {
+            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+                .map_err(|e| format!("connect {addr}: {e}"))?;
+            c.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            c.write_all(b"ping")
+                .map_err(|e| format!("client write: {e}"))?;
+            let mut buf = [0u8; 4];
+            c.read_exact(&mut buf)
+                .map_err(|e| format!("client read: {e}"))?;
+            if &buf != b"pong" {
+                return Err(format!("unexpected reply {buf:?}"));
+            }
+            Ok(())
+        });
+        if res.is_err() {
+            // Unblock the accept() so the scope can end.
+            let _ = server.run(|| TcpStream::connect_timeout(&addr, Duration::from_millis(200)));
+        }
+        let srv_res = srv
+            .join()
+            .unwrap_or_else(|_| Err("server thread panicked".into()));
+        res.and(srv_res)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_are_separate_and_vanish() {
+        if !have_root() {
+            return;
+        }
+        let a = TestNs::new();
+        let b = TestNs::new();
+        let name = unique_name("tk");
+        a.ip(&["link", "add", &name, "type", "bridge"]);
+        assert!(a.has_link(&name));
+        assert!(!b.has_link(&name));
+        let path = a.path().to_string();
+        drop(a);
+        assert!(!std::path::Path::new(&path).exists());
+    }
+
+    #[test]
+    fn tcp_over_a_veth_pair() {
+        if !have_root() {
+            return;
+        }
+        let a = TestNs::new();
+        let b = TestNs::new();
+        let (va, vb) = (unique_name("va"), unique_name("vb"));
+        a.ip(&[
+            "link",
+            "add",
+            &va,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &vb,
+            "netns",
+            &b.tid(),
+        ]);
+        a.ip(&["addr", "add", "192.0.2.1/24", "dev", &va]);
+        a.ip(&["link", "set", &va, "up"]);
+        b.ip(&["addr", "add", "192.0.2.2/24", "dev", &vb]);
+        b.ip(&["link", "set", &vb, "up"]);
+        tcp_exchange(&a, &b, "192.0.2.1:8080".parse().unwrap()).unwrap();
+        assert!(tcp_exchange(&a, &b, "192.0.2.3:8080".parse().unwrap()).is_err());
+    }
+}
