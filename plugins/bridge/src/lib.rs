@@ -1,0 +1,372 @@
+//! The `bridge` plugin: a Linux bridge on the host and a veth pair into the container
+//! (REFERENCE 2.1), with ipMasq and MAC spoof checking in nftables.
+//!
+//! ADD is transactional: if any step fails, what this ADD created (veth, allocation, rules)
+//! is removed before the error is returned. DEL removes everything the attachment owns even
+//! when the netns is gone or CNI_NETNS is empty.
+
+pub mod config;
+mod link;
+pub mod rules;
+
+use common::error::{Error, Result};
+use common::ipam;
+use common::netlink::{Family, RouteEntry, RouteSocket, format_mac};
+use common::netns::NetNs;
+use common::skel::{CmdArgs, Command, Plugin};
+use common::spec::{CniResult, Interface, Route, config::valid_attachments};
+use config::Conf;
+use ipnetwork::IpNetwork;
+use link::{ContainerSetup, Gateways};
+use rules::{AttachmentRules, SpoofCheck};
+use std::time::Duration;
+
+/// How long ADD waits for the host end of the veth to report carrier. With STP off the port
+/// forwards as soon as it is up; this only bounds a kernel that never says so.
+const PORT_UP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The plugin.
+pub struct Bridge;
+
+impl Plugin for Bridge {
+    fn about(&self) -> String {
+        format!(
+            "bridge plugin v{} (cni-rs): Linux bridge and veth, nftables ipMasq and MAC spoof check",
+            env!("CARGO_PKG_VERSION")
+        )
+    }
+
+    fn add(&self, args: &CmdArgs) -> Result<CniResult> {
+        let conf = config::load(args)?;
+        let mut undo = Undo::default();
+        match add(args, &conf, &mut undo) {
+            Ok(result) => Ok(result),
+            Err(e) => {
+                undo.run(args, &conf);
+                Err(e)
+            }
+        }
+    }
+
+    fn del(&self, args: &CmdArgs) -> Result<()> {
+        let conf = config::load(args)?;
+        del(args, &conf)
+    }
+
+    fn check(&self, args: &CmdArgs) -> Result<()> {
+        let conf = config::load(args)?;
+        check(args, &conf)
+    }
+
+    fn gc(&self, args: &CmdArgs) -> Result<()> {
+        let conf = config::load(args)?;
+        let valid = valid_attachments(&args.conf)?;
+        let mut errors = Vec::new();
+        if let Err(e) = rules::gc_rules(&conf.raw.net.name, &valid) {
+            errors.push(e.context("removing stale masquerade and spoof-check rules"));
+        }
+        if conf.is_layer3() {
+            if let Err(e) = ipam::exec_command(args, Command::Gc) {
+                errors.push(e);
+            }
+        }
+        join_errors(errors)
+    }
+
+    fn status(&self, args: &CmdArgs) -> Result<()> {
+        let conf = config::load(args)?;
+        if conf.is_layer3() {
+            ipam::exec_command(args, Command::Status)?;
+        }
+        Ok(())
+    }
+}
+
+/// What a failing ADD must take back.
+#[derive(Default)]
+struct Undo {
+    host_veth: Option<u32>,
+    ipam_allocated: bool,
+    rules: Option<AttachmentRules>,
+}
+
+impl Undo {
+    fn run(&self, args: &CmdArgs, conf: &Conf) {
+        if let Some(rules) = &self.rules {
+            if let Err(e) = rules::del_rules(
+                &rules.network,
+                &rules.container_id,
+                &rules.ifname,
+                Some(rules),
+            ) {
+                log::warn!("rolling back rules: {e}");
+            }
+        }
+        if let Some(index) = self.host_veth {
+            let res = RouteSocket::open().and_then(|mut s| s.delete_link(index));
+            if let Err(e) = res {
+                if !e.is_not_found() {
+                    log::warn!("rolling back the veth: {e}");
+                }
+            }
+        }
+        if self.ipam_allocated && conf.is_layer3() {
+            if let Err(e) = ipam::exec_command(args, Command::Del) {
+                log::warn!("rolling back the IPAM allocation: {e}");
+            }
+        }
+    }
+}
+
+fn join_errors(errors: Vec<Error>) -> Result<()> {
+    let mut iter = errors.into_iter();
+    let Some(first) = iter.next() else {
+        return Ok(());
+    };
+    let rest: Vec<String> = iter.map(|e| e.to_string()).collect();
+    if rest.is_empty() {
+        Err(first)
+    } else {
+        Err(first.context(format!("{} more error(s): {}", rest.len(), rest.join("; "))))
+    }
+}
+
+fn open_netns(path: &str) -> Result<NetNs> {
+    NetNs::open(path).map_err(|e| match e {
+        Error::InvalidNetns(_) => e,
+        other => Error::InvalidNetns(format!("failed to open netns {path:?}: {other}")),
+    })
+}
+
+fn add(args: &CmdArgs, conf: &Conf, undo: &mut Undo) -> Result<CniResult> {
+    let netns = open_netns(&args.netns)?;
+    let mut host = RouteSocket::open()?;
+
+    // IPAM first: a config it refuses must leave the host untouched (no bridge either).
+    let mut result = CniResult::default();
+    let mut gateways = Gateways::default();
+    if conf.is_layer3() {
+        let ipam_result = ipam::exec_add(args)?;
+        undo.ipam_allocated = true;
+        if ipam_result.ips.is_empty() {
+            return Err(Error::internal("IPAM plugin returned missing IP config"));
+        }
+        result.ips = ipam_result.ips;
+        result.routes = ipam_result.routes;
+        result.dns = ipam_result.dns;
+        gateways = link::calc_gateways(&mut result, conf.raw.is_default_gateway)?;
+    }
+
+    let bridge = link::ensure_bridge(&mut host, conf)?;
+    let veth = link::create_veth(&mut host, &netns, &args.ifname, conf, &bridge)?;
+    undo.host_veth = Some(veth.host_index);
+
+    let container = netns.run(|| {
+        link::setup_container(&ContainerSetup {
+            ifname: &args.ifname,
+            result: &result,
+            conf,
+        })
+    })?;
+
+    result.interfaces = vec![
+        Interface {
+            name: bridge.name.clone(),
+            mac: bridge.mac.as_ref().map(format_mac).unwrap_or_default(),
+            mtu: bridge.mtu,
+            ..Interface::default()
+        },
+        Interface {
+            name: veth.host_name.clone(),
+            mac: veth.host_mac.as_ref().map(format_mac).unwrap_or_default(),
+            mtu: veth.mtu,
+            ..Interface::default()
+        },
+        Interface {
+            name: args.ifname.clone(),
+            mac: format_mac(&container.mac),
+            mtu: container.mtu,
+            sandbox: args.netns.clone(),
+            ..Interface::default()
+        },
+    ];
+    for ip in &mut result.ips {
+        ip.interface = Some(2);
+    }
+
+    if conf.is_gateway {
+        if let Some(vlan_iface) = link::setup_gateways(&mut host, conf, &bridge, &gateways)? {
+            result.interfaces.push(vlan_iface);
+        }
+    }
+
+    let attachment = attachment_rules(args, conf, &result, &veth.host_name, &container.mac);
+    if attachment.has_rules() {
+        undo.rules = Some(attachment.clone());
+        rules::add_rules(&attachment)?;
+    }
+
+    if !conf.raw.disable_container_interface
+        && !host.wait_oper_up(veth.host_index, PORT_UP_TIMEOUT)?
+    {
+        return Err(Error::internal(format!(
+            "bridge port in error state: {} did not come up within {}s",
+            veth.host_name,
+            PORT_UP_TIMEOUT.as_secs()
+        )));
+    }
+
+    // The bridge MAC may change when its first port joins: report the current one.
+    if let Some(br) = host.link_by_index(bridge.index)? {
+        if let (Some(first), Some(mac)) = (result.interfaces.first_mut(), br.mac) {
+            first.mac = format_mac(&mac);
+        }
+    }
+    if let Some(dns) = conf.raw.net.dns.as_ref().filter(|d| !d.is_empty()) {
+        result.dns = dns.clone();
+    }
+    Ok(result)
+}
+
+/// The nftables state this attachment owns, from a result (ADD) or prevResult (DEL, CHECK).
+fn attachment_rules(
+    args: &CmdArgs,
+    conf: &Conf,
+    result: &CniResult,
+    host_veth: &str,
+    container_mac: &common::netlink::Mac,
+) -> AttachmentRules {
+    AttachmentRules {
+        network: conf.raw.net.name.clone(),
+        container_id: args.container_id.clone(),
+        ifname: args.ifname.clone(),
+        masq: if conf.raw.ip_masq {
+            result.ips.iter().map(|ip| ip.address).collect()
+        } else {
+            Vec::new()
+        },
+        spoof: conf.raw.macspoofchk.then(|| SpoofCheck {
+            host_veth: host_veth.to_string(),
+            mac: format_mac(container_mac),
+        }),
+    }
+}
+
+/// The rules recorded in a prevResult: host veth = the interface without sandbox that is
+/// not the bridge; container MAC = the interface named CNI_IFNAME with a sandbox.
+fn rules_from_prev(args: &CmdArgs, conf: &Conf, prev: &CniResult) -> Option<AttachmentRules> {
+    let container = prev
+        .interfaces
+        .iter()
+        .find(|i| i.name == args.ifname && !i.sandbox.is_empty())?;
+    let host_veth = prev
+        .interfaces
+        .iter()
+        .find(|i| i.sandbox.is_empty() && i.name != conf.bridge() && i.name.starts_with("veth"))?;
+    let mac = common::netlink::parse_mac(&container.mac).ok()?;
+    Some(attachment_rules(args, conf, prev, &host_veth.name, &mac))
+}
+
+fn del(args: &CmdArgs, conf: &Conf) -> Result<()> {
+    let mut errors = Vec::new();
+
+    // The container side: deleting it takes the host end of the veth with it.
+    if !args.netns.is_empty() {
+        match NetNs::open(&args.netns) {
+            Ok(netns) => {
+                if let Err(e) = link::delete_container_link(&netns, &args.ifname) {
+                    errors.push(e);
+                }
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => log::warn!(
+                "DEL: netns {} unusable ({e}); removing host-side state only",
+                args.netns
+            ),
+        }
+    }
+
+    if conf.is_layer3() {
+        if let Err(e) = ipam::exec_command(args, Command::Del) {
+            errors.push(e);
+        }
+    }
+
+    if conf.raw.ip_masq || conf.raw.macspoofchk {
+        let prev = args.prev_result().ok().flatten();
+        let known = prev.as_ref().and_then(|p| rules_from_prev(args, conf, p));
+        if let Err(e) = rules::del_rules(
+            &conf.raw.net.name,
+            &args.container_id,
+            &args.ifname,
+            known.as_ref(),
+        ) {
+            errors.push(e.context("removing masquerade and spoof-check rules"));
+        }
+    }
+    join_errors(errors)
+}
+
+fn check(args: &CmdArgs, conf: &Conf) -> Result<()> {
+    let prev = args
+        .prev_result()?
+        .ok_or_else(|| Error::config("Required prevResult missing"))?;
+    if conf.is_layer3() {
+        ipam::exec_command(args, Command::Check)?;
+    }
+    let netns = open_netns(&args.netns)?;
+    let mut host = RouteSocket::open()?;
+    link::check_links(&mut host, &netns, args, conf, &prev)?;
+    let container_idx = prev
+        .interfaces
+        .iter()
+        .position(|i| i.name == args.ifname && i.sandbox == args.netns);
+    netns.run(|| link::check_container(&args.ifname, container_idx, &prev))?;
+    if conf.raw.ip_masq || conf.raw.macspoofchk {
+        let rules = rules_from_prev(args, conf, &prev).ok_or_else(|| {
+            Error::config(
+                "prevResult lacks the host veth or container interface of this attachment",
+            )
+        })?;
+        rules::check_rules(&rules)?;
+    }
+    Ok(())
+}
+
+impl AttachmentRules {
+    /// True when there is anything to put in nftables.
+    pub fn has_rules(&self) -> bool {
+        !self.masq.is_empty() || self.spoof.is_some()
+    }
+}
+
+/// Routes to install in the container: a route without a gateway uses the gateway of the
+/// first address of its family that has one (as the reference's `ConfigureIface`).
+pub(crate) fn container_routes(result: &CniResult, oif: u32) -> Vec<RouteEntry> {
+    let gw_of = |v4: bool| {
+        result
+            .ips
+            .iter()
+            .filter(|ip| ip.address.is_ipv4() == v4)
+            .find_map(|ip| ip.gateway)
+    };
+    result
+        .routes
+        .iter()
+        .map(|r: &Route| RouteEntry {
+            dst: r.dst,
+            gw: r.gw.or_else(|| gw_of(r.dst.is_ipv4())),
+            oif: Some(oif),
+            mtu: r.mtu,
+            advmss: r.advmss,
+            priority: r.priority,
+            table: r.table,
+            scope: r.scope,
+        })
+        .collect()
+}
+
+/// The family of a network.
+pub(crate) fn family_of(n: &IpNetwork) -> Family {
+    if n.is_ipv4() { Family::V4 } else { Family::V6 }
+}
