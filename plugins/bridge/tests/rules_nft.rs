@@ -1,5 +1,6 @@
 //! The bridge plugin's nftables rules against the real kernel, each test in throwaway network
 //! namespaces (the `nft` processes the rules functions spawn run inside them).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use cni_bridge::rules::{self, AttachmentRules, SpoofCheck};
 use common::spec::config::Attachment;
