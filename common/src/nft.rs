@@ -1,1 +1,882 @@
 //! nftables through the `nft` binary's JSON interface: one transaction per call.
+//!
+//! Two functions touch the kernel, and say so in their names: [`apply_to_kernel`] (one
+//! `nft -j -f -` process, so one atomic transaction) and [`list_table_from_kernel`]
+//! (`nft -j list table`). [`delete_elements_by_comment_in_kernel`] combines them. Everything
+//! else builds or reads JSON and is pure.
+//!
+//! # Per-attachment set elements
+//!
+//! The plugins keep their rules fixed: a few base chains whose rules match named sets and
+//! maps. What an attachment (network, container ID, ifname) contributes is only *set
+//! elements*, each carrying a `comment` made by [`attachment_comment`]. So:
+//!
+//! - ADD is one batch: `add table`, `add chain`, `flush chain` + the fixed rules (so rules
+//!   are never duplicated and always the current version), `add set`, `add element` (see
+//!   [`Batch::add_attachment_elements`]).
+//! - DEL of an attachment whose keys are known is one batch with no listing: `add table`,
+//!   `add set`, `add element X`, `delete element X` ([`Batch::delete_known_elements`]). The
+//!   add makes the delete always succeed (nft 1.0.6 has no `destroy`), so DEL is atomic and
+//!   idempotent, and a missing table is no error.
+//! - When the keys are unknown (DEL without prevResult), or for GC, the tables are listed and
+//!   the elements are picked by their comment ([`delete_elements_by_comment_in_kernel`] with
+//!   [`comment_is_attachment`] or [`comment_is_stale`]).
+//!
+//! Comments are at most [`COMMENT_MAX`] bytes; see [`attachment_comment`] for the format.
+//!
+//! A known limit of keying elements by packet fields: two attachments with the same key (the
+//! same container address in two networks with overlapping subnets) share one element, so
+//! removing one removes it for both.
+
+use crate::error::{Error, Result};
+use crate::spec::config::Attachment;
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The longest comment nft stores (bytes).
+pub const COMMENT_MAX: usize = 128;
+
+/// The longest network tag at the start of a comment; longer names are shortened and hashed.
+const NET_TAG_MAX: usize = 40;
+
+/// An nftables address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    Ip,
+    Ip6,
+    Inet,
+    Arp,
+    Bridge,
+    Netdev,
+}
+
+impl Family {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Ip => "ip",
+            Family::Ip6 => "ip6",
+            Family::Inet => "inet",
+            Family::Arp => "arp",
+            Family::Bridge => "bridge",
+            Family::Netdev => "netdev",
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A table, by family and name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TableRef<'a> {
+    pub family: Family,
+    pub name: &'a str,
+}
+
+impl TableRef<'_> {
+    fn json(&self) -> Value {
+        json!({"family": self.family.as_str(), "name": self.name})
+    }
+}
+
+impl std::fmt::Display for TableRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.family, self.name)
+    }
+}
+
+/// What makes a chain a base chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hook<'a> {
+    /// `filter`, `nat` or `route`.
+    pub chain_type: &'a str,
+    /// `prerouting`, `postrouting`, `input`, ...
+    pub hook: &'a str,
+    pub prio: i32,
+    /// `accept` or `drop`.
+    pub policy: &'a str,
+}
+
+/// A chain definition; `hook: None` makes a regular chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainDef<'a> {
+    pub table: TableRef<'a>,
+    pub name: &'a str,
+    pub hook: Option<Hook<'a>>,
+}
+
+impl ChainDef<'_> {
+    fn json(&self) -> Value {
+        let mut c = json!({
+            "family": self.table.family.as_str(),
+            "table": self.table.name,
+            "name": self.name,
+        });
+        if let (Some(h), Some(obj)) = (self.hook, c.as_object_mut()) {
+            obj.insert("type".into(), h.chain_type.into());
+            obj.insert("hook".into(), h.hook.into());
+            obj.insert("prio".into(), h.prio.into());
+            obj.insert("policy".into(), h.policy.into());
+        }
+        c
+    }
+}
+
+/// A named set (or map, when `map` is set) definition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetDef<'a> {
+    pub table: TableRef<'a>,
+    pub name: &'a str,
+    /// Key data types, e.g. `["ipv4_addr"]`, or several for a concatenation.
+    pub key: &'a [&'a str],
+    /// Data type of a map's values (`"verdict"`, `"ipv4_addr"`...); `None` for a set.
+    pub map: Option<&'a str>,
+    /// `flags interval` (prefixes and ranges as keys).
+    pub interval: bool,
+}
+
+impl SetDef<'_> {
+    fn type_json(&self) -> Value {
+        match self.key {
+            [one] => Value::from(*one),
+            many => Value::from(many.to_vec()),
+        }
+    }
+
+    fn json(&self) -> Value {
+        let mut s = json!({
+            "family": self.table.family.as_str(),
+            "table": self.table.name,
+            "name": self.name,
+            "type": self.type_json(),
+        });
+        if let Some(obj) = s.as_object_mut() {
+            if let Some(m) = self.map {
+                obj.insert("map".into(), m.into());
+            }
+            if self.interval {
+                obj.insert("flags".into(), json!(["interval"]));
+            }
+        }
+        s
+    }
+
+    fn kind(&self) -> &'static str {
+        if self.map.is_some() { "map" } else { "set" }
+    }
+
+    fn element_json(&self, elems: Vec<Value>) -> Value {
+        json!({"element": {
+            "family": self.table.family.as_str(),
+            "table": self.table.name,
+            "name": self.name,
+            "elem": elems,
+        }})
+    }
+}
+
+/// The key of a set element (or the key and value of a map element), as nft JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    pub key: Value,
+    /// The value, for map elements.
+    pub data: Option<Value>,
+}
+
+impl Key {
+    pub fn new(key: Value) -> Key {
+        Key { key, data: None }
+    }
+
+    /// A map element: `key : data`.
+    pub fn mapping(key: Value, data: Value) -> Key {
+        Key {
+            key,
+            data: Some(data),
+        }
+    }
+
+    /// The element as `add element` takes it, with a comment when given.
+    fn element(&self, comment: Option<&str>) -> Value {
+        let key = match comment {
+            Some(c) => json!({"elem": {"val": self.key, "comment": c}}),
+            None => self.key.clone(),
+        };
+        match &self.data {
+            Some(d) => json!([key, d]),
+            None => key,
+        }
+    }
+}
+
+/// An address as an element key.
+pub fn key_addr(addr: IpAddr) -> Value {
+    Value::from(addr.to_string())
+}
+
+/// A prefix as an element key of an interval set; a full-length prefix is the plain address
+/// (that is how nft lists it back).
+pub fn key_prefix(addr: IpAddr, len: u8) -> Value {
+    let full = if addr.is_ipv4() { 32 } else { 128 };
+    if len >= full {
+        key_addr(addr)
+    } else {
+        json!({"prefix": {"addr": addr.to_string(), "len": len}})
+    }
+}
+
+/// A concatenation (`a . b`) as an element key.
+pub fn key_concat(parts: Vec<Value>) -> Value {
+    json!({"concat": parts})
+}
+
+/// One transaction for `nft -j -f -`: a list of commands, applied all or nothing by
+/// [`apply_to_kernel`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Batch {
+    cmds: Vec<Value>,
+}
+
+impl Batch {
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cmds.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.cmds.len()
+    }
+
+    /// Appends a raw command object such as `{"add": {"rule": {...}}}` (for what the helpers
+    /// do not cover; typed `nftables::schema` values can be passed through `serde_json`).
+    pub fn push(&mut self, cmd: Value) {
+        self.cmds.push(cmd);
+    }
+
+    /// `add table` (idempotent).
+    pub fn add_table(&mut self, table: TableRef<'_>) {
+        self.push(json!({"add": {"table": table.json()}}));
+    }
+
+    /// `add chain` (idempotent while its definition stays the same).
+    pub fn add_chain(&mut self, chain: &ChainDef<'_>) {
+        self.push(json!({"add": {"chain": chain.json()}}));
+    }
+
+    /// `flush chain`: removes its rules (the chain must exist, e.g. added before in the batch).
+    pub fn flush_chain(&mut self, chain: &ChainDef<'_>) {
+        self.push(json!({"flush": {"chain": {
+            "family": chain.table.family.as_str(),
+            "table": chain.table.name,
+            "name": chain.name,
+        }}}));
+    }
+
+    /// `add rule` to the end of `chain`, with the rule's statements (`expr`) as nft JSON.
+    pub fn add_rule(&mut self, chain: &ChainDef<'_>, expr: Vec<Value>) {
+        self.push(json!({"add": {"rule": {
+            "family": chain.table.family.as_str(),
+            "table": chain.table.name,
+            "chain": chain.name,
+            "expr": expr,
+        }}}));
+    }
+
+    /// Makes `chain` exist holding exactly `rules`, idempotently and without listing:
+    /// `add table`, `add chain`, `flush chain`, then the rules.
+    pub fn ensure_chain_rules(&mut self, chain: &ChainDef<'_>, rules: Vec<Vec<Value>>) {
+        self.add_table(chain.table);
+        self.add_chain(chain);
+        self.flush_chain(chain);
+        for r in rules {
+            self.add_rule(chain, r);
+        }
+    }
+
+    /// `add set` / `add map` (idempotent while its definition stays the same).
+    pub fn add_set(&mut self, set: &SetDef<'_>) {
+        self.push(json!({"add": {set.kind(): set.json()}}));
+    }
+
+    /// `add element` for one attachment: every element carries `comment` (see
+    /// [`attachment_comment`]). Ensures the table and the set first. Nothing for no keys.
+    pub fn add_attachment_elements(&mut self, set: &SetDef<'_>, comment: &str, keys: &[Key]) {
+        if keys.is_empty() {
+            return;
+        }
+        self.add_table(set.table);
+        self.add_set(set);
+        let elems = keys.iter().map(|k| k.element(Some(comment))).collect();
+        self.push(json!({"add": set.element_json(elems)}));
+    }
+
+    /// Deletes elements by key without listing and without failing when they (or the table,
+    /// or the set) are missing: `add table`, `add set`, `add element`, `delete element`.
+    pub fn delete_known_elements(&mut self, set: &SetDef<'_>, keys: &[Key]) {
+        if keys.is_empty() {
+            return;
+        }
+        self.add_table(set.table);
+        self.add_set(set);
+        let elems: Vec<Value> = keys.iter().map(|k| k.element(None)).collect();
+        self.push(json!({"add": set.element_json(elems.clone())}));
+        self.push(json!({"delete": set.element_json(elems)}));
+    }
+
+    /// Deletes the listed elements of `listing` whose comment satisfies `pick`. Each is added
+    /// back first (by its listed key), so the batch does not fail if one vanished meanwhile.
+    /// Returns how many elements it deletes.
+    pub fn delete_listed_elements(
+        &mut self,
+        listing: &TableListing,
+        pick: &dyn Fn(&str) -> bool,
+    ) -> usize {
+        let mut n = 0;
+        for set in &listing.sets {
+            let elems: Vec<Value> = set
+                .elements
+                .iter()
+                .filter(|e| e.comment.as_deref().is_some_and(pick))
+                .map(ListedElement::key_json)
+                .collect();
+            if elems.is_empty() {
+                continue;
+            }
+            n += elems.len();
+            let obj = json!({
+                "family": listing.family.as_str(),
+                "table": listing.name,
+                "name": set.name,
+                "elem": elems,
+            });
+            self.push(json!({"add": {"element": obj.clone()}}));
+            self.push(json!({"delete": {"element": obj}}));
+        }
+        n
+    }
+
+    /// The whole batch as nft takes it on stdin.
+    pub fn to_json(&self) -> Value {
+        json!({"nftables": self.cmds})
+    }
+}
+
+/// An element as `nft -j list` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedElement {
+    /// The key (`val`), as listed.
+    pub key: Value,
+    /// A map element's value.
+    pub data: Option<Value>,
+    pub comment: Option<String>,
+}
+
+impl ListedElement {
+    fn parse(v: &Value) -> ListedElement {
+        // A map element is `[key, data]`; a key with a comment is `{"elem": {"val", "comment"}}`.
+        let (k, data) = match v.as_array().map(Vec::as_slice) {
+            Some([k, d]) => (k, Some(d.clone())),
+            _ => (v, None),
+        };
+        match k.get("elem") {
+            Some(e) => ListedElement {
+                key: e.get("val").cloned().unwrap_or(Value::Null),
+                data,
+                comment: e.get("comment").and_then(Value::as_str).map(str::to_string),
+            },
+            None => ListedElement {
+                key: k.clone(),
+                data,
+                comment: None,
+            },
+        }
+    }
+
+    /// The element as a `delete element` command takes it (key only; for maps, with data).
+    fn key_json(&self) -> Value {
+        match &self.data {
+            Some(d) => json!([self.key, d]),
+            None => self.key.clone(),
+        }
+    }
+}
+
+/// A set or map as listed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedSet {
+    pub name: String,
+    pub elements: Vec<ListedElement>,
+}
+
+/// A chain as listed, with the statements of each rule in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedChain {
+    pub name: String,
+    pub rules: Vec<Vec<Value>>,
+}
+
+/// One table as `nft -j list table` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableListing {
+    pub family: Family,
+    pub name: String,
+    pub sets: Vec<ListedSet>,
+    pub chains: Vec<ListedChain>,
+}
+
+impl TableListing {
+    /// Reads `nft -j list table` output (objects of other tables are ignored).
+    pub fn parse(table: TableRef<'_>, doc: &Value) -> Result<TableListing> {
+        let objects = doc
+            .get("nftables")
+            .and_then(Value::as_array)
+            .ok_or_else(|| Error::Nft(format!("listing {table}: no \"nftables\" array")))?;
+        let mut listing = TableListing {
+            family: table.family,
+            name: table.name.to_string(),
+            sets: Vec::new(),
+            chains: Vec::new(),
+        };
+        let mine = |o: &Value| {
+            o.get("family").and_then(Value::as_str) == Some(table.family.as_str())
+                && o.get("table").and_then(Value::as_str) == Some(table.name)
+        };
+        for obj in objects {
+            if let Some(s) = obj.get("set").or_else(|| obj.get("map")) {
+                if !mine(s) {
+                    continue;
+                }
+                let elements = s
+                    .get("elem")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().map(ListedElement::parse).collect())
+                    .unwrap_or_default();
+                listing.sets.push(ListedSet {
+                    name: s.get("name").and_then(Value::as_str).unwrap_or("").into(),
+                    elements,
+                });
+            } else if let Some(c) = obj.get("chain") {
+                if mine(c) {
+                    listing.chains.push(ListedChain {
+                        name: c.get("name").and_then(Value::as_str).unwrap_or("").into(),
+                        rules: Vec::new(),
+                    });
+                }
+            } else if let Some(r) = obj.get("rule") {
+                if !mine(r) {
+                    continue;
+                }
+                let chain = r.get("chain").and_then(Value::as_str).unwrap_or("");
+                let expr = r
+                    .get("expr")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                if let Some(c) = listing.chains.iter_mut().find(|c| c.name == chain) {
+                    c.rules.push(expr);
+                }
+            }
+        }
+        Ok(listing)
+    }
+
+    pub fn set(&self, name: &str) -> Option<&ListedSet> {
+        self.sets.iter().find(|s| s.name == name)
+    }
+
+    pub fn chain(&self, name: &str) -> Option<&ListedChain> {
+        self.chains.iter().find(|c| c.name == name)
+    }
+
+    /// True when `set` holds an element with this key, carrying this comment.
+    pub fn has_element(&self, set: &str, key: &Key, comment: &str) -> bool {
+        self.set(set).is_some_and(|s| {
+            s.elements.iter().any(|e| {
+                e.key == key.key && e.data == key.data && e.comment.as_deref() == Some(comment)
+            })
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Comments that name an attachment
+
+/// 64-bit FNV-1a: small, stable across versions and platforms (not for security).
+fn fnv1a64(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            // A separator no valid name contains, so ("a","bc") and ("ab","c") differ.
+            h ^= 0x1f;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        for b in p.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// The longest prefix of `s` of at most `max` bytes, cut on a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or("")
+}
+
+/// The network part of a comment: the name itself when it has at most 40 bytes, else its
+/// first 23 bytes, `~` and 16 hex digits of its hash (network names never contain `~`).
+fn network_tag(network: &str) -> String {
+    if network.len() <= NET_TAG_MAX {
+        network.to_string()
+    } else {
+        format!("{}~{:016x}", cut(network, 23), fnv1a64(&[network]))
+    }
+}
+
+/// The comment every element of one attachment carries: `<network>/<containerID>/<ifname>`.
+///
+/// It is at most [`COMMENT_MAX`] bytes. A network name longer than 40 bytes is shortened to
+/// 23 bytes + `~` + a 16-hex-digit hash; when `<containerID>/<ifname>` still does not fit, it
+/// becomes a cut container ID + `~` + a hash of both. Names valid in CNI contain neither `/`
+/// nor `~`, so comments of different attachments never collide (up to the 64-bit hash), and
+/// the network stays matchable: see [`comment_is_in_network`].
+pub fn attachment_comment(network: &str, container_id: &str, ifname: &str) -> String {
+    let net = network_tag(network);
+    let room = COMMENT_MAX - net.len() - 1;
+    let att = if container_id.len() + 1 + ifname.len() <= room {
+        format!("{container_id}/{ifname}")
+    } else {
+        let hash = format!("~{:016x}", fnv1a64(&[container_id, ifname]));
+        format!("{}{hash}", cut(container_id, room - hash.len()))
+    };
+    format!("{net}/{att}")
+}
+
+/// True when `comment` was made by [`attachment_comment`] for this network.
+pub fn comment_is_in_network(comment: &str, network: &str) -> bool {
+    comment
+        .strip_prefix(network_tag(network).as_str())
+        .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// A picker for [`delete_elements_by_comment_in_kernel`]: exactly this attachment's elements.
+pub fn comment_is_attachment(
+    network: &str,
+    container_id: &str,
+    ifname: &str,
+) -> impl Fn(&str) -> bool + use<> {
+    let want = attachment_comment(network, container_id, ifname);
+    move |c: &str| c == want
+}
+
+/// A picker for GC: elements of `network` whose attachment is not in `valid`.
+pub fn comment_is_stale(network: &str, valid: &[Attachment]) -> impl Fn(&str) -> bool + use<> {
+    let keep: HashSet<String> = valid
+        .iter()
+        .map(|a| attachment_comment(network, &a.container_id, &a.ifname))
+        .collect();
+    let network = network.to_string();
+    move |c: &str| comment_is_in_network(c, &network) && !keep.contains(c)
+}
+
+// ---------------------------------------------------------------------------------------
+// Running nft
+
+/// The `nft` binary: the first `nft` in PATH, else /usr/sbin/nft or /sbin/nft.
+pub fn nft_path() -> Result<PathBuf> {
+    let from_path: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("nft")).collect())
+        .unwrap_or_default();
+    from_path
+        .into_iter()
+        .chain([PathBuf::from("/usr/sbin/nft"), PathBuf::from("/sbin/nft")])
+        .find(|p| is_executable(p))
+        .ok_or_else(|| Error::Nft("nft binary not found in PATH, /usr/sbin or /sbin".into()))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Runs nft with `args`, feeding `stdin`; returns stdout, or stderr as the error.
+fn run_nft(args: &[&str], stdin: Option<&[u8]>) -> Result<std::result::Result<Vec<u8>, String>> {
+    let nft = nft_path()?;
+    let mut child = Command::new(&nft)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Nft(format!("running {}: {e}", nft.display())))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // nft reads all of its input before it writes anything, so this cannot deadlock.
+        pipe.write_all(input)
+            .map_err(|e| Error::Nft(format!("writing to nft: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::Nft(format!("waiting for nft: {e}")))?;
+    if out.status.success() {
+        Ok(Ok(out.stdout))
+    } else {
+        let mut msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if msg.is_empty() {
+            msg = format!("nft exited with {}", out.status);
+        }
+        Ok(Err(msg))
+    }
+}
+
+/// Kernel: applies `batch` as ONE transaction (one `nft -j -f -` process); all or nothing.
+/// An empty batch runs nothing.
+pub fn apply_to_kernel(batch: &Batch) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let input = serde_json::to_vec(&batch.to_json())
+        .map_err(|e| Error::Internal(format!("encoding nft batch: {e}")))?;
+    log::debug!("nft -j -f -: {}", String::from_utf8_lossy(&input));
+    match run_nft(&["-j", "-f", "-"], Some(&input))? {
+        Ok(_) => Ok(()),
+        Err(stderr) => Err(Error::Nft(format!("nft: {stderr}"))),
+    }
+}
+
+/// Kernel: `nft -j list table FAMILY NAME`. A missing table is `None`, not an error.
+pub fn list_table_from_kernel(table: TableRef<'_>) -> Result<Option<TableListing>> {
+    let fam = table.family.as_str();
+    match run_nft(&["-j", "list", "table", fam, table.name], None)? {
+        Ok(stdout) => {
+            let doc: Value = serde_json::from_slice(&stdout)
+                .map_err(|e| Error::Nft(format!("listing table {table}: {e}")))?;
+            TableListing::parse(table, &doc).map(Some)
+        }
+        Err(stderr) if stderr.contains("No such file or directory") => Ok(None),
+        Err(stderr) => Err(Error::Nft(format!("listing table {table}: {stderr}"))),
+    }
+}
+
+/// Kernel: lists each table (one `nft list` per table) and deletes, in ONE transaction, the
+/// elements of all their sets and maps whose comment satisfies `pick`. Missing tables are
+/// skipped. Returns how many elements were deleted (no transaction when none).
+pub fn delete_elements_by_comment_in_kernel(
+    tables: &[TableRef<'_>],
+    pick: &dyn Fn(&str) -> bool,
+) -> Result<usize> {
+    let mut batch = Batch::new();
+    let mut n = 0;
+    for t in tables {
+        if let Some(listing) = list_table_from_kernel(*t)? {
+            n += batch.delete_listed_elements(&listing, pick);
+        }
+    }
+    apply_to_kernel(&batch)?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: TableRef<'static> = TableRef {
+        family: Family::Inet,
+        name: "t",
+    };
+    const S: SetDef<'static> = SetDef {
+        table: T,
+        name: "s",
+        key: &["ipv4_addr", "ipv4_addr"],
+        map: None,
+        interval: true,
+    };
+
+    #[test]
+    fn comment_plain_when_it_fits() {
+        let c = attachment_comment("mynet", &"a".repeat(64), "eth0");
+        assert_eq!(c, format!("mynet/{}/eth0", "a".repeat(64)));
+        assert!(comment_is_in_network(&c, "mynet"));
+        assert!(!comment_is_in_network(&c, "mynet2"));
+        assert!(!comment_is_in_network(&c, "myne"));
+    }
+
+    #[test]
+    fn comment_long_names_are_hashed_and_bounded() {
+        let long_net = "n".repeat(200);
+        let other_long = format!("{}x", "n".repeat(199));
+        let cid = "c".repeat(300);
+        let c = attachment_comment(&long_net, &cid, "eth0");
+        assert!(c.len() <= COMMENT_MAX, "{} bytes", c.len());
+        assert!(comment_is_in_network(&c, &long_net));
+        assert!(!comment_is_in_network(&c, &other_long));
+        assert_ne!(c, attachment_comment(&long_net, &cid, "eth1"));
+        assert_ne!(c, attachment_comment(&long_net, &format!("{cid}d"), "eth0"));
+        // Deterministic.
+        assert_eq!(c, attachment_comment(&long_net, &cid, "eth0"));
+        for n in 0..300 {
+            let c = attachment_comment(&"x".repeat(n), &"y".repeat(300 - n), "eth0");
+            assert!(c.len() <= COMMENT_MAX);
+        }
+    }
+
+    #[test]
+    fn stale_picker_keeps_valid_and_other_networks() {
+        let valid = vec![Attachment {
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+        }];
+        let stale = comment_is_stale("net", &valid);
+        assert!(!stale(&attachment_comment("net", "c1", "eth0")));
+        assert!(stale(&attachment_comment("net", "c1", "eth1")));
+        assert!(stale(&attachment_comment("net", "c2", "eth0")));
+        assert!(!stale(&attachment_comment("net2", "c2", "eth0")));
+        assert!(!stale("something else"));
+    }
+
+    #[test]
+    fn add_and_known_delete_json() {
+        let key = Key::new(key_concat(vec![
+            key_addr("10.0.0.5".parse().unwrap()),
+            key_prefix("10.0.0.0".parse().unwrap(), 24),
+        ]));
+        let mut b = Batch::new();
+        b.add_attachment_elements(&S, "n/c/eth0", std::slice::from_ref(&key));
+        b.delete_known_elements(&S, &[key]);
+        let concat = json!({"concat": ["10.0.0.5", {"prefix": {"addr": "10.0.0.0", "len": 24}}]});
+        let set = json!({"family": "inet", "table": "t", "name": "s",
+            "type": ["ipv4_addr", "ipv4_addr"], "flags": ["interval"]});
+        assert_eq!(
+            b.to_json(),
+            json!({"nftables": [
+                {"add": {"table": {"family": "inet", "name": "t"}}},
+                {"add": {"set": set}},
+                {"add": {"element": {"family": "inet", "table": "t", "name": "s",
+                    "elem": [{"elem": {"val": concat, "comment": "n/c/eth0"}}]}}},
+                {"add": {"table": {"family": "inet", "name": "t"}}},
+                {"add": {"set": set}},
+                {"add": {"element": {"family": "inet", "table": "t", "name": "s", "elem": [concat]}}},
+                {"delete": {"element": {"family": "inet", "table": "t", "name": "s", "elem": [concat]}}},
+            ]})
+        );
+        let mut empty = Batch::new();
+        empty.add_attachment_elements(&S, "x", &[]);
+        empty.delete_known_elements(&S, &[]);
+        assert!(empty.is_empty());
+    }
+
+    #[test]
+    fn full_length_prefix_is_an_address() {
+        assert_eq!(
+            key_prefix("10.0.0.5".parse().unwrap(), 32),
+            json!("10.0.0.5")
+        );
+        assert_eq!(
+            key_prefix("fd00::5".parse().unwrap(), 128),
+            json!("fd00::5")
+        );
+        assert_eq!(
+            key_prefix("fd00::".parse().unwrap(), 64),
+            json!({"prefix": {"addr": "fd00::", "len": 64}})
+        );
+    }
+
+    #[test]
+    fn chain_with_rules_json() {
+        let chain = ChainDef {
+            table: T,
+            name: "post",
+            hook: Some(Hook {
+                chain_type: "nat",
+                hook: "postrouting",
+                prio: 100,
+                policy: "accept",
+            }),
+        };
+        let mut b = Batch::new();
+        b.ensure_chain_rules(&chain, vec![vec![json!({"masquerade": null})]]);
+        assert_eq!(
+            b.to_json()["nftables"],
+            json!([
+                {"add": {"table": {"family": "inet", "name": "t"}}},
+                {"add": {"chain": {"family": "inet", "table": "t", "name": "post",
+                    "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}}},
+                {"flush": {"chain": {"family": "inet", "table": "t", "name": "post"}}},
+                {"add": {"rule": {"family": "inet", "table": "t", "chain": "post",
+                    "expr": [{"masquerade": null}]}}},
+            ])
+        );
+    }
+
+    #[test]
+    fn listing_parse_and_delete_by_comment() {
+        // Shaped like `nft -j list table inet t` output.
+        let doc = json!({"nftables": [
+            {"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+            {"table": {"family": "inet", "name": "t", "handle": 1}},
+            {"set": {"family": "inet", "name": "a", "table": "t", "type": "ipv4_addr", "handle": 2,
+                "elem": [{"elem": {"val": "10.0.0.5", "comment": "n/c1/eth0"}},
+                         {"elem": {"val": "10.0.0.6", "comment": "n/c2/eth0"}},
+                         "10.0.0.7"]}},
+            {"map": {"family": "inet", "name": "m", "table": "t", "type": "ipv4_addr",
+                "map": "verdict", "handle": 3,
+                "elem": [[{"elem": {"val": "10.0.0.5", "comment": "n/c1/eth0"}}, {"accept": null}]]}},
+            {"set": {"family": "inet", "name": "empty", "table": "t", "type": "ipv4_addr", "handle": 4}},
+            {"chain": {"family": "inet", "table": "t", "name": "c", "handle": 1}},
+            {"rule": {"family": "inet", "table": "t", "chain": "c", "handle": 5,
+                "expr": [{"accept": null}]}},
+        ]});
+        let l = TableListing::parse(T, &doc).unwrap();
+        assert_eq!(l.sets.len(), 3);
+        assert_eq!(
+            l.chain("c").unwrap().rules,
+            vec![vec![json!({"accept": null})]]
+        );
+        assert!(l.has_element("a", &Key::new(json!("10.0.0.5")), "n/c1/eth0"));
+        assert!(!l.has_element("a", &Key::new(json!("10.0.0.5")), "n/c2/eth0"));
+        assert!(l.has_element(
+            "m",
+            &Key::mapping(json!("10.0.0.5"), json!({"accept": null})),
+            "n/c1/eth0"
+        ));
+        let mut b = Batch::new();
+        let n = b.delete_listed_elements(&l, &|c| c == "n/c1/eth0");
+        assert_eq!(n, 2);
+        assert_eq!(
+            b.to_json()["nftables"],
+            json!([
+                {"add": {"element": {"family": "inet", "table": "t", "name": "a", "elem": ["10.0.0.5"]}}},
+                {"delete": {"element": {"family": "inet", "table": "t", "name": "a", "elem": ["10.0.0.5"]}}},
+                {"add": {"element": {"family": "inet", "table": "t", "name": "m",
+                    "elem": [["10.0.0.5", {"accept": null}]]}}},
+                {"delete": {"element": {"family": "inet", "table": "t", "name": "m",
+                    "elem": [["10.0.0.5", {"accept": null}]]}}},
+            ])
+        );
+    }
+
+    #[test]
+    fn nft_is_found() {
+        // This machine has nft; the lookup must find it (PATH or the sbin fallbacks).
+        if Path::new("/usr/sbin/nft").exists() {
+            assert!(nft_path().is_ok());
+        }
+    }
+}

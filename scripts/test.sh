@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# test.sh -- every test of the suite, from a fresh Debian machine (run as root):
+# installs the test dependencies (with the reference plugins and cnitool for the interop
+# tests), checks formatting and lints, builds every binary, and runs all tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v cargo >/dev/null || { echo "test.sh: needs Rust >= 1.85 (cargo); install it with rustup" >&2; exit 1; }
+scripts/install-deps.sh --interop
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo build --workspace --locked
+cargo test --workspace --locked
