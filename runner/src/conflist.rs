@@ -426,3 +426,26 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    /// The example lists in `conflists/` load, speak 1.0.0 and name a valid bridge.
+    #[test]
+    fn example_conflists_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conflists");
+        for (file, name, ranges) in [
+            ("bridge-host-local.conflist", "rs-bridge", 1),
+            ("bridge-dual-stack.conflist", "rs-dual", 2),
+        ] {
+            let l = ConfList::from_file(&dir.join(file)).unwrap();
+            assert_eq!((l.name.as_str(), l.version), (name, Version::V1_0_0));
+            let p = &l.plugins[0];
+            assert_eq!(ConfList::plugin_type(p), "bridge");
+            assert!(p["bridge"].as_str().unwrap().len() <= 15);
+            assert_eq!(p["ipam"]["ranges"].as_array().unwrap().len(), ranges);
+            assert_eq!(ConfList::load(&dir, name).unwrap().name, name);
+        }
+    }
+}
