@@ -7,6 +7,22 @@
 //! - [`cache`]: the result cache (`cniCacheV1`), with [`base64`] for its `config` field;
 //! - [`ops`]: ADD, DEL, CHECK, GC, STATUS and VERSION over a list;
 //! - [`capargs`] and [`cli`]: the command line.
+//!
+//! Where it differs from libcni on purpose:
+//!
+//! - A plugin's ADD result is passed on as printed (checked to parse as a result), not
+//!   re-encoded through Go's typed result, so fields libcni does not know survive.
+//! - DEL removes the cache file after success for every version (libcni keeps it below 0.4.0,
+//!   where it reads no cached result), and fills a missing --netns, --cni-args and capability
+//!   args from the cache (a shell user rarely repeats them).
+//! - CHECK without a cached result fails with code 3 instead of sending no prevResult.
+//! - GC with no cache directory still sends GC to the plugins (libcni returns early).
+//! - Container ID, interface name and network name are validated for DEL and CHECK too, which
+//!   also keeps cache paths inside the cache directory.
+//! - A list without any cniVersion is sent "0.1.0" (libcni sends "").
+//! - Each plugin execution has a time limit (libcni has only the caller's context).
+//! - The default container ID is "cnirun-" + an FNV-1a hash of the netns path, not cnitool's
+//!   SHA-512 one: give --container-id to act on an attachment cnitool made.
 
 pub mod base64;
 pub mod cache;
