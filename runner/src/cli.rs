@@ -122,8 +122,12 @@ pub struct AttachArgs {
     #[arg(long, value_name = "K=V;...", env = "CNI_ARGS")]
     pub cni_args: Option<String>,
 
-    /// Port mapping capability (portMappings), repeatable: HOST:CONTAINER[/tcp|udp|sctp][@HOSTIP].
-    #[arg(long = "port-mapping", short = 'p', value_name = "MAPPING")]
+    #[arg(
+        long = "port-mapping",
+        short = 'p',
+        value_name = "MAPPING",
+        help = "Port mapping capability (portMappings), repeatable: HOST:CONTAINER[/tcp|udp|sctp][@HOSTIP]"
+    )]
     pub port_mappings: Vec<String>,
 
     /// Bandwidth capability: ingressRate=BITS_PER_S,ingressBurst=BITS,egressRate=..,egressBurst=..
