@@ -567,6 +567,11 @@ fn routes_v4_and_v6() {
     assert_eq!(j[0]["metric"], 50, "{j}");
 
     assert!(s.add_route(&via).unwrap_err().is_exists());
+    // The kernel's extended ack text travels with the errno.
+    let far = RouteEntry::new(net("10.50.0.0/16"), Some(ip("10.99.0.1")), None);
+    let e = s.add_route(&far).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::ENETUNREACH), "{e}");
+    assert!(e.to_string().contains("gateway"), "{e}");
 
     // IPv6, through a gateway and on-link.
     let mut via6 = RouteEntry::new(net("fd00:20::/64"), Some(ip("fd00:9::254")), Some(br.index));
@@ -669,4 +674,29 @@ fn wait_dad_done_on_veth() {
             .unwrap()
     );
     assert!(t.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn dumps_span_many_datagrams() {
+    if !have_root() {
+        return;
+    }
+    let ns = TestNs::new();
+    let mut s = ns.sock();
+    for i in 0..150 {
+        s.create_bridge(&format!("br{i}"), 0, false).unwrap();
+    }
+    let links = s.links().unwrap();
+    assert_eq!(links.len(), 151, "lo and 150 bridges");
+    let br = link(&mut s, "br149");
+    for i in 0..400u32 {
+        let a = format!("10.{}.{}.1/24", 100 + i / 256, i % 256);
+        s.add_address(br.index, net(&a)).unwrap();
+    }
+    assert_eq!(
+        s.addresses(Some(br.index), Some(Family::V4)).unwrap().len(),
+        400
+    );
+    // The socket is still in step after the big dumps.
+    assert_eq!(s.link_by_name("br7").unwrap().unwrap().name, "br7");
 }
