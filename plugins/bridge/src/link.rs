@@ -337,6 +337,14 @@ pub fn setup_gateways(
     } else {
         (bridge.index, None)
     };
+    if !gws.v6.is_empty() {
+        // A tentative gateway address answers nobody until DAD ends (1-2 s): containers
+        // could not use their default route right after ADD. The gateway is ours alone.
+        let name = vlan_iface
+            .as_ref()
+            .map_or(bridge.name.as_str(), |i| i.name.as_str());
+        write_if_sysctl("ipv6", name, "accept_dad", "0");
+    }
     for gw in gws.v4.iter().chain(&gws.v6) {
         ensure_address(host, target, gw, conf.raw.force_address)
             .map_err(|e| e.context("failed to set bridge addr"))?;
