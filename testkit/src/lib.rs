@@ -237,9 +237,21 @@ impl Run {
 
 /// Runs `program` inside `ns` with `env` (added to a clean environment with PATH) and `stdin`.
 pub fn run_in(ns: &TestNs, program: &PathBuf, env: &[(&str, &str)], stdin: &str) -> Run {
+    run_args_in(ns, program, &[], env, stdin)
+}
+
+/// [`run_in`] with command-line arguments.
+pub fn run_args_in(
+    ns: &TestNs,
+    program: &PathBuf,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: &str,
+) -> Run {
     ns.run(|| {
         let mut cmd = Command::new(program);
-        cmd.env_clear()
+        cmd.args(args)
+            .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(env.iter().copied())
             .stdin(Stdio::piped())
