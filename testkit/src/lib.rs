@@ -298,20 +298,29 @@ pub fn cni(
 /// Proves a TCP connection from `client` to `addr` (served inside `server`) carries data both
 /// ways. Bounded: gives up after a few seconds.
 pub fn tcp_exchange(server: &TestNs, client: &TestNs, addr: SocketAddr) -> Result<(), String> {
+    tcp_peer_seen(server, client, addr).map(drop)
+}
+
+/// [`tcp_exchange`], returning the client address the server saw (to observe NAT).
+pub fn tcp_peer_seen(
+    server: &TestNs,
+    client: &TestNs,
+    addr: SocketAddr,
+) -> Result<SocketAddr, String> {
     let listener = server
         .run(|| TcpListener::bind(addr))
         .map_err(|e| format!("bind {addr}: {e}"))?;
     std::thread::scope(|s| {
-        let srv = s.spawn(|| -> Result<(), String> {
+        let srv = s.spawn(|| -> Result<SocketAddr, String> {
             listener.set_nonblocking(false).map_err(|e| e.to_string())?;
-            let (mut conn, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+            let (mut conn, peer) = listener.accept().map_err(|e| format!("accept: {e}"))?;
             conn.set_read_timeout(Some(Duration::from_secs(5))).ok();
             let mut buf = [0u8; 4];
             conn.read_exact(&mut buf)
                 .map_err(|e| format!("server read: {e}"))?;
             conn.write_all(b"pong")
                 .map_err(|e| format!("server write: {e}"))?;
-            Ok(())
+            Ok(peer)
         });
         let res = client.run(|| -> Result<(), String> {
             let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
