@@ -409,3 +409,240 @@ impl Store for Probe {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::allocator::{self, MemStore};
+    use crate::range::{Range, RangeSet};
+    use std::fs::File;
+    use std::os::unix::fs::MetadataExt;
+
+    const NET: &str = "net1";
+    const T: Duration = Duration::from_secs(5);
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn sets() -> Vec<RangeSet> {
+        let r = Range::new("10.0.0.0/24".parse().unwrap(), None, None, None).unwrap();
+        vec![RangeSet::new(vec![r]).unwrap()]
+    }
+
+    fn open(d: &Path) -> DiskStore {
+        DiskStore::open(d, NET, T, true).unwrap().unwrap()
+    }
+
+    fn add(d: &Path, cid: &str) -> Result<IpAddr> {
+        let mut s = open(d);
+        let r = allocator::allocate_all(&mut s, &sets(), cid, "eth0", &[]);
+        s.close()?;
+        r.map(|c| c[0].address.ip())
+    }
+
+    fn del(d: &Path, cid: &str) -> Vec<IpAddr> {
+        let mut s = open(d);
+        let r = allocator::release_attachment(&mut s, cid, "eth0").unwrap();
+        s.close().unwrap();
+        r
+    }
+
+    /// Writes an allocation file as the reference plugin would (which moves the directory's
+    /// modification time).
+    fn reference_reserve(d: &Path, ip: &str, content: &str) {
+        fs::write(d.join(NET).join(ip), content).unwrap();
+    }
+
+    fn trusted_after_open(d: &Path) -> bool {
+        let s = open(d);
+        !s.complete
+    }
+
+    #[test]
+    fn the_layout_is_the_reference_one() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(add(d.path(), "c1").unwrap(), ip("10.0.0.2"));
+        let dir = d.path().join(NET);
+        assert_eq!(fs::read(dir.join("10.0.0.2")).unwrap(), b"c1\r\neth0");
+        assert_eq!(fs::read(dir.join("last_reserved_ip.0")).unwrap(), b"10.0.0.2");
+        assert!(dir.join("lock").is_file());
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(mode(&dir.join("10.0.0.2")), 0o600);
+        assert_eq!(mode(&dir), 0o755);
+        let names: BTreeSet<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["10.0.0.2", "last_reserved_ip.0", "lock"]
+                .map(String::from)
+                .into()
+        );
+    }
+
+    #[test]
+    fn after_our_own_changes_the_index_is_trusted_and_no_scan_happens() {
+        let d = tempfile::tempdir().unwrap();
+        add(d.path(), "c1").unwrap();
+        assert!(trusted_after_open(d.path()));
+        // Proof that a trusted index is what ADD and DEL read: a file slipped in behind its
+        // back with the directory time put back is invisible to it.
+        let dir = d.path().join(NET);
+        let before = fs::metadata(&dir).unwrap();
+        reference_reserve(d.path(), "10.0.0.50", "hidden\r\neth0");
+        let f = File::open(&dir).unwrap();
+        futimens(
+            &f,
+            &TimeSpec::UTIME_OMIT,
+            &TimeSpec::new(before.mtime(), before.mtime_nsec()),
+        )
+        .unwrap();
+        assert!(trusted_after_open(d.path()));
+        assert!(del(d.path(), "hidden").is_empty());
+    }
+
+    #[test]
+    fn a_file_created_by_the_reference_makes_us_rebuild() {
+        let d = tempfile::tempdir().unwrap();
+        add(d.path(), "c1").unwrap();
+        reference_reserve(d.path(), "10.0.0.3", "c2\r\neth0");
+        assert!(!trusted_after_open(d.path()), "directory time moved");
+        // The rebuilt index knows c2: a second ADD is a duplicate, DEL frees it.
+        let e = add(d.path(), "c2").unwrap_err();
+        assert!(e.to_string().contains("duplicate"), "{e}");
+        assert!(trusted_after_open(d.path()), "rebuilt and stamped");
+        assert_eq!(del(d.path(), "c2"), [ip("10.0.0.3")]);
+        assert!(!d.path().join(NET).join("10.0.0.3").exists());
+        // The helper did not move last_reserved_ip.0 (still .2): .3 is next again.
+        assert_eq!(add(d.path(), "c3").unwrap(), ip("10.0.0.3"));
+    }
+
+    #[test]
+    fn a_file_removed_by_the_reference_is_forgotten() {
+        let d = tempfile::tempdir().unwrap();
+        add(d.path(), "c1").unwrap();
+        fs::remove_file(d.path().join(NET).join("10.0.0.2")).unwrap();
+        // c1 holds nothing now, so a new ADD for it is no duplicate.
+        assert_eq!(add(d.path(), "c1").unwrap(), ip("10.0.0.3"));
+        assert_eq!(del(d.path(), "c1"), [ip("10.0.0.3")]);
+    }
+
+    #[test]
+    fn del_checks_the_file_before_removing_it() {
+        let d = tempfile::tempdir().unwrap();
+        add(d.path(), "c1").unwrap();
+        // The reference freed c1's address and gave it to c2 (two changes, same name).
+        let p = d.path().join(NET).join("10.0.0.2");
+        fs::remove_file(&p).unwrap();
+        fs::write(&p, "c2\r\neth0").unwrap();
+        assert!(del(d.path(), "c1").is_empty());
+        assert_eq!(fs::read(&p).unwrap(), b"c2\r\neth0");
+        // Even with a stale entry trusted (index says c1 holds .2), c2's file is safe.
+        let idx = Index::open(d.path(), NET).unwrap();
+        let mut stale = BTreeSet::new();
+        stale.insert(ip("10.0.0.2"));
+        idx.write(&Owner::new("c1", "eth0"), &stale).unwrap();
+        assert!(trusted_after_open(d.path()));
+        assert!(del(d.path(), "c1").is_empty());
+        assert!(p.exists());
+    }
+
+    #[test]
+    fn a_crash_before_the_stamp_is_repaired() {
+        let d = tempfile::tempdir().unwrap();
+        add(d.path(), "c1").unwrap();
+        // Crash after creating an allocation file, before index and stamp.
+        {
+            let mut s = open(d.path());
+            assert!(s.reserve(&Owner::new("c2", "eth0"), ip("10.0.0.3"), 0).unwrap());
+            s.index = None; // the crash: nothing of the index is written
+        }
+        assert!(!trusted_after_open(d.path()));
+        assert_eq!(del(d.path(), "c2"), [ip("10.0.0.3")]);
+        // Crash after writing the stamp, before setting the directory time.
+        let idx = Index::open(d.path(), NET).unwrap();
+        let mut st = Stamp::of(&fs::metadata(d.path().join(NET)).unwrap());
+        st.nsec = (st.nsec + 1) % 1_000_000_000;
+        idx.write_stamp(&st).unwrap();
+        assert!(!trusted_after_open(d.path()));
+        // Index entries torn or missing while untrusted are rebuilt from the files.
+        fs::remove_file(idx.dir().join("c1:eth0")).unwrap();
+        idx.remove_stamp().unwrap();
+        let e = add(d.path(), "c1").unwrap_err();
+        assert!(e.to_string().contains("duplicate"), "{e}");
+        assert_eq!(idx.read(&Owner::new("c1", "eth0")).unwrap(), [ip("10.0.0.2")]);
+    }
+
+    #[test]
+    fn legacy_and_foreign_files_are_read() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join(NET)).unwrap();
+        reference_reserve(d.path(), "10.0.0.7", "old");
+        reference_reserve(d.path(), "10.0.0.8", "c1\r\neth0\n");
+        fs::write(d.path().join(NET).join("last_reserved_ip.0"), "10.0.0.8").unwrap();
+        fs::write(d.path().join(NET).join("notes.txt"), "c1\r\neth0").unwrap();
+        assert_eq!(add(d.path(), "c2").unwrap(), ip("10.0.0.9"));
+        assert_eq!(del(d.path(), "c1"), [ip("10.0.0.8")]);
+        assert_eq!(del(d.path(), "old"), [ip("10.0.0.7")]);
+        assert!(d.path().join(NET).join("notes.txt").exists());
+    }
+
+    #[test]
+    fn disk_and_memory_stores_agree() {
+        let d = tempfile::tempdir().unwrap();
+        let mut mem = MemStore::default();
+        let sets = sets();
+        for i in 0..20 {
+            let cid = format!("c{i}");
+            let a = {
+                let mut s = open(d.path());
+                let r = allocator::allocate_all(&mut s, &sets, &cid, "eth0", &[]).unwrap();
+                s.close().unwrap();
+                r
+            };
+            let b = allocator::allocate_all(&mut mem, &sets, &cid, "eth0", &[]).unwrap();
+            assert_eq!(a, b);
+            if i % 3 == 0 {
+                let cid = format!("c{}", i / 2);
+                let x = del(d.path(), &cid);
+                let y = allocator::release_attachment(&mut mem, &cid, "eth0").unwrap();
+                assert_eq!(x, y);
+            }
+        }
+        let mut s = open(d.path());
+        let mut on_disk = s.all().unwrap();
+        on_disk.sort();
+        let in_mem: Vec<(IpAddr, Owner)> = mem.ips.into_iter().collect();
+        assert_eq!(on_disk, in_mem);
+    }
+
+    #[test]
+    fn gc_with_a_trusted_index_updates_only_the_freed_entries() {
+        let d = tempfile::tempdir().unwrap();
+        for c in ["a", "b", "c"] {
+            add(d.path(), c).unwrap();
+        }
+        let valid = vec![common::spec::Attachment {
+            container_id: "b".into(),
+            ifname: "eth0".into(),
+        }];
+        let mut s = open(d.path());
+        let mut freed = allocator::gc(&mut s, &valid).unwrap();
+        s.close().unwrap();
+        freed.sort();
+        assert_eq!(freed, [ip("10.0.0.2"), ip("10.0.0.4")]);
+        assert!(trusted_after_open(d.path()));
+        let idx = Index::open(d.path(), NET).unwrap();
+        assert!(idx.read(&Owner::new("a", "eth0")).unwrap().is_empty());
+        assert_eq!(idx.read(&Owner::new("b", "eth0")).unwrap(), [ip("10.0.0.3")]);
+    }
+
+    #[test]
+    fn missing_directory_means_nothing_to_do() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(DiskStore::open(d.path(), NET, T, false).unwrap().is_none());
+        assert!(!d.path().join(NET).exists());
+    }
+}
