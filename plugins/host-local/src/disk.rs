@@ -465,7 +465,10 @@ mod tests {
         assert_eq!(add(d.path(), "c1").unwrap(), ip("10.0.0.2"));
         let dir = d.path().join(NET);
         assert_eq!(fs::read(dir.join("10.0.0.2")).unwrap(), b"c1\r\neth0");
-        assert_eq!(fs::read(dir.join("last_reserved_ip.0")).unwrap(), b"10.0.0.2");
+        assert_eq!(
+            fs::read(dir.join("last_reserved_ip.0")).unwrap(),
+            b"10.0.0.2"
+        );
         assert!(dir.join("lock").is_file());
         let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o777;
         assert_eq!(mode(&dir.join("10.0.0.2")), 0o600);
@@ -556,7 +559,10 @@ mod tests {
         // Crash after creating an allocation file, before index and stamp.
         {
             let mut s = open(d.path());
-            assert!(s.reserve(&Owner::new("c2", "eth0"), ip("10.0.0.3"), 0).unwrap());
+            assert!(
+                s.reserve(&Owner::new("c2", "eth0"), ip("10.0.0.3"), 0)
+                    .unwrap()
+            );
             s.index = None; // the crash: nothing of the index is written
         }
         assert!(!trusted_after_open(d.path()));
@@ -572,7 +578,10 @@ mod tests {
         idx.remove_stamp().unwrap();
         let e = add(d.path(), "c1").unwrap_err();
         assert!(e.to_string().contains("duplicate"), "{e}");
-        assert_eq!(idx.read(&Owner::new("c1", "eth0")).unwrap(), [ip("10.0.0.2")]);
+        assert_eq!(
+            idx.read(&Owner::new("c1", "eth0")).unwrap(),
+            [ip("10.0.0.2")]
+        );
     }
 
     #[test]
@@ -636,7 +645,10 @@ mod tests {
         assert!(trusted_after_open(d.path()));
         let idx = Index::open(d.path(), NET).unwrap();
         assert!(idx.read(&Owner::new("a", "eth0")).unwrap().is_empty());
-        assert_eq!(idx.read(&Owner::new("b", "eth0")).unwrap(), [ip("10.0.0.3")]);
+        assert_eq!(
+            idx.read(&Owner::new("b", "eth0")).unwrap(),
+            [ip("10.0.0.3")]
+        );
     }
 
     #[test]
