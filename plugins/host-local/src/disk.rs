@@ -200,6 +200,20 @@ impl DiskStore {
         if !self.modified && !self.rebuild {
             return Ok(());
         }
+        if self.rebuild {
+            // Entries of owners that are gone go first, so a stale entry never stands in the
+            // way of a live one.
+            let keep: BTreeSet<String> = self
+                .cache
+                .iter()
+                .filter(|(_, ips)| !ips.is_empty())
+                .map(|(o, _)| Index::name_of(o))
+                .collect();
+            index
+                .retain(&keep)
+                .io_context("pruning the host-local index")?;
+        }
+
         let owners: Vec<&Owner> = if self.rebuild {
             self.cache.keys().collect()
         } else {
@@ -220,18 +234,6 @@ impl DiskStore {
                 }
             }
         }
-        if self.rebuild {
-            let keep: BTreeSet<String> = self
-                .cache
-                .iter()
-                .filter(|(_, ips)| !ips.is_empty())
-                .map(|(o, _)| Index::name_of(o))
-                .collect();
-            index
-                .retain(&keep)
-                .io_context("pruning the host-local index")?;
-        }
-
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_err(|e| Error::internal(format!("the clock is before 1970: {e}")))?;

@@ -194,19 +194,22 @@ impl Index {
                 _ => Ok(()),
             };
         }
-        if name != key {
-            // A hashed name: make sure it is not another owner's.
-            if let Ok(text) = fs::read_to_string(self.dir.join(&name)) {
-                if text.lines().next() != Some(key.as_str()) {
-                    return Err(WriteError::Collision(Collision));
-                }
-            }
-        }
         let mut data = key.clone();
         data.push('\n');
         for ip in ips {
             data.push_str(&ip.to_string());
             data.push('\n');
+        }
+        // Reading is much cheaper than replacing: a rebuild after one foreign change rewrites
+        // only the entries that changed.
+        if let Ok(existing) = fs::read_to_string(self.dir.join(&name)) {
+            if existing == data {
+                return Ok(());
+            }
+            if name != key && existing.lines().next() != Some(key.as_str()) {
+                // A hashed name that is another owner's.
+                return Err(WriteError::Collision(Collision));
+            }
         }
         self.write_atomic(&name, data.as_bytes())
             .map_err(WriteError::Io)
