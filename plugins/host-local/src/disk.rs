@@ -12,7 +12,7 @@
 //! in between leaves stamp and directory disagreeing, so the next invocation rebuilds.
 
 use crate::allocator::{Owner, Store};
-use crate::index::{self, Index, Stamp, WriteError};
+use crate::index::{self, Index, Stamp};
 use crate::lock::{self, LockGuard};
 use crate::range::canonical;
 use common::error::IoContext;
@@ -200,40 +200,18 @@ impl DiskStore {
         if !self.modified && !self.rebuild {
             return Ok(());
         }
-        if self.rebuild {
-            // Entries of owners that are gone go first, so a stale entry never stands in the
-            // way of a live one.
-            let keep: BTreeSet<String> = self
-                .cache
-                .iter()
-                .filter(|(_, ips)| !ips.is_empty())
-                .map(|(o, _)| Index::name_of(o))
-                .collect();
-            index
-                .retain(&keep)
-                .io_context("pruning the host-local index")?;
-        }
-
-        let owners: Vec<&Owner> = if self.rebuild {
-            self.cache.keys().collect()
+        let written = if self.rebuild {
+            index.replace_all(self.cache.iter())
         } else {
-            self.dirty.iter().collect()
+            let empty = BTreeSet::new();
+            index.update(
+                self.dirty
+                    .iter()
+                    .map(|o| (o, self.cache.get(o).unwrap_or(&empty))),
+            )
         };
-        let empty = BTreeSet::new();
-        for owner in owners {
-            let ips = self.cache.get(owner).unwrap_or(&empty);
-            match index.write(owner, ips) {
-                Ok(()) => {}
-                Err(WriteError::Collision(_)) => {
-                    // Two owners share a hashed entry name: leave the index untrusted.
-                    log::warn!("host-local index: name collision, the index stays unused");
-                    return index.remove_stamp().io_context("removing the index stamp");
-                }
-                Err(WriteError::Io(e)) => {
-                    return Err(Error::io("writing the host-local index", e));
-                }
-            }
-        }
+        written.io_context("writing the host-local index")?;
+
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_err(|e| Error::internal(format!("the clock is before 1970: {e}")))?;
@@ -548,7 +526,7 @@ mod tests {
         let idx = Index::open(d.path(), NET).unwrap();
         let mut stale = BTreeSet::new();
         stale.insert(ip("10.0.0.2"));
-        idx.write(&Owner::new("c1", "eth0"), &stale).unwrap();
+        idx.update([(&Owner::new("c1", "eth0"), &stale)]).unwrap();
         assert!(trusted_after_open(d.path()));
         assert!(del(d.path(), "c1").is_empty());
         assert!(p.exists());
@@ -576,7 +554,7 @@ mod tests {
         idx.write_stamp(&st).unwrap();
         assert!(!trusted_after_open(d.path()));
         // Index entries torn or missing while untrusted are rebuilt from the files.
-        fs::remove_file(idx.dir().join("c1:eth0")).unwrap();
+        fs::remove_file(idx.bucket_path(&Owner::new("c1", "eth0"))).unwrap();
         idx.remove_stamp().unwrap();
         let e = add(d.path(), "c1").unwrap_err();
         assert!(e.to_string().contains("duplicate"), "{e}");
