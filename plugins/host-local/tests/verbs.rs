@@ -54,6 +54,15 @@ fn add_check_del_in_every_chaining_version() {
             chk["prevResult"] = j.clone();
             run("CHECK", "ctr1", &chk).ok();
             assert_eq!(run("CHECK", "ctr2", &chk).err_code(), 999);
+            // A previous result naming an address of ours that is not the attachment's.
+            let mut wrong = chk.clone();
+            wrong["prevResult"]["ips"][0]["address"] = json!("10.10.0.77/24");
+            let r = run("CHECK", "ctr1", &wrong);
+            assert!(r.stdout.contains("10.10.0.77"), "{}", r.stdout);
+            // Addresses outside our ranges (another IPAM's) are not ours to judge.
+            let mut foreign = chk.clone();
+            foreign["prevResult"]["ips"][0]["address"] = json!("192.0.2.7/24");
+            run("CHECK", "ctr1", &foreign).ok();
         }
         run("DEL", "ctr1", &c).ok();
         assert!(allocations(&netdir).is_empty(), "{version}");
