@@ -1,1 +1,3 @@
-fn main() {}
+fn main() {
+    common::skel::run(&cni_host_local::HostLocal)
+}
