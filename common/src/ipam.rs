@@ -1,12 +1,12 @@
 //! IPAM delegation: run the IPAM plugin named by `ipam.type` from CNI_PATH with the same
 //! environment and stdin, as libcni's `invoke.Delegate*` does.
 
-use crate::error::{Error, ErrorJson, Result};
+use crate::error::{Error, Result};
+use crate::exec::{PluginEnv, run_plugin};
 use crate::skel::{CmdArgs, Command};
 use crate::spec::CniResult;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::time::Duration;
 
 /// Finds an executable plugin called `name` in the CNI_PATH directories.
 pub fn find_plugin<'a>(name: &str, dirs: impl IntoIterator<Item = &'a str>) -> Result<PathBuf> {
@@ -30,41 +30,22 @@ pub fn ipam_type(args: &CmdArgs) -> Result<&str> {
         .ok_or_else(|| Error::config("missing ipam.type in the network config"))
 }
 
+/// How long a delegated IPAM plugin may run before it is killed and the operation fails with
+/// "try again later" (host-local itself gives up on its lock sooner, with the same code).
+pub const IPAM_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Runs `plugin` for `command` with this invocation's environment and stdin. Returns its
 /// stdout on success; its error object is passed on unchanged on failure.
 pub fn exec(args: &CmdArgs, plugin: &str, command: Command) -> Result<Vec<u8>> {
     let bin = find_plugin(plugin, args.path_dirs())?;
-    let mut child = std::process::Command::new(&bin)
-        .env("CNI_COMMAND", command.as_str())
-        .env("CNI_CONTAINERID", &args.container_id)
-        .env("CNI_NETNS", &args.netns)
-        .env("CNI_IFNAME", &args.ifname)
-        .env("CNI_ARGS", &args.args)
-        .env("CNI_PATH", &args.path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| Error::io(format!("running {}", bin.display()), e))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // A plugin that exits without reading stdin closes the pipe: not our error.
-        let _ = stdin.write_all(&args.stdin);
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Error::io(format!("waiting for {}", bin.display()), e))?;
-    if out.status.success() {
-        return Ok(out.stdout);
-    }
-    match serde_json::from_slice::<ErrorJson>(&out.stdout) {
-        Ok(e) => Err(Error::Delegated(e)),
-        Err(_) => Err(Error::internal(format!(
-            "{plugin} {} failed ({}) with no error object: {}",
-            command.as_str(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout).trim()
-        ))),
-    }
+    let env = PluginEnv {
+        container_id: args.container_id.clone(),
+        netns: args.netns.clone(),
+        ifname: args.ifname.clone(),
+        args: args.args.clone(),
+        path: args.path.clone(),
+    };
+    run_plugin(&bin, command, &env, &args.stdin, Some(IPAM_TIMEOUT))
 }
 
 /// IPAM ADD: the allocation as a typed result.

@@ -3,6 +3,7 @@
 //! delegation.
 
 pub mod error;
+pub mod exec;
 pub mod ipam;
 pub mod logging;
 pub mod netlink;

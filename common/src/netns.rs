@@ -50,11 +50,18 @@ impl NetNs {
         F: FnOnce() -> Result<T> + Send,
     {
         std::thread::scope(|s| {
-            let handle = s.spawn(|| {
-                setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| Error::io(format!("entering netns {}", self.path), e.into()))?;
-                f()
-            });
+            let handle = std::thread::Builder::new()
+                .name("netns".into())
+                .spawn_scoped(s, || {
+                    setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
+                        Error::InvalidNetns(format!(
+                            "cannot enter {} as a network namespace: {e}",
+                            self.path
+                        ))
+                    })?;
+                    f()
+                })
+                .map_err(|e| Error::TryAgainLater(format!("cannot start a thread: {e}")))?;
             handle
                 .join()
                 .unwrap_or_else(|_| Err(Error::internal("a thread working in a netns panicked")))

@@ -316,6 +316,12 @@ impl Batch {
         }
         self.add_table(set.table);
         self.add_set(set);
+        // Re-adding an existing element keeps its old comment, so an element left by another
+        // attachment (say, an address released and handed out again) would stay attributed
+        // to it, and its DEL or GC would strip ours: delete it first, then add ours.
+        let bare: Vec<Value> = keys.iter().map(|k| k.element(None)).collect();
+        self.push(json!({"add": set.element_json(bare.clone())}));
+        self.push(json!({"delete": set.element_json(bare)}));
         let elems = keys.iter().map(|k| k.element(Some(comment))).collect();
         self.push(json!({"add": set.element_json(elems)}));
     }
@@ -768,6 +774,8 @@ mod tests {
             json!({"nftables": [
                 {"add": {"table": {"family": "inet", "name": "t"}}},
                 {"add": {"set": set}},
+                {"add": {"element": {"family": "inet", "table": "t", "name": "s", "elem": [concat]}}},
+                {"delete": {"element": {"family": "inet", "table": "t", "name": "s", "elem": [concat]}}},
                 {"add": {"element": {"family": "inet", "table": "t", "name": "s",
                     "elem": [{"elem": {"val": concat, "comment": "n/c/eth0"}}]}}},
                 {"add": {"table": {"family": "inet", "name": "t"}}},

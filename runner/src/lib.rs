@@ -29,7 +29,6 @@ pub mod cache;
 pub mod capargs;
 pub mod cli;
 pub mod conflist;
-pub mod exec;
 pub mod ops;
 pub mod request;
 

@@ -4,9 +4,9 @@
 use crate::base64;
 use crate::cache::{self, CacheEntry};
 use crate::conflist::ConfList;
-use crate::exec::{PluginEnv, run_plugin};
 use crate::request::{gc_config, plugin_config};
 use common::error::ErrorJson;
+use common::exec::{PluginEnv, run_plugin};
 use common::skel::Command;
 use common::spec::config::{validate_container_id, validate_ifname, validate_network_name};
 use common::spec::{Attachment, CniResult, Version};

@@ -83,6 +83,15 @@ fn is_zero(v: &u32) -> bool {
     *v == 0
 }
 
+/// `null` decodes as the default, as Go's decoder treats it.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 /// Serde for CIDRs that must carry a prefix ("10.0.0.5/24", never a bare address).
 pub mod cidr {
     use ipnetwork::IpNetwork;
@@ -113,7 +122,7 @@ struct LegacyResult {
     ip4: Option<LegacyIp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ip6: Option<LegacyIp>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     dns: Dns,
 }
 
@@ -138,13 +147,13 @@ struct LegacyRoute {
 /// The 0.3.0 to 1.1.0 shape as read (tolerates `ips[].version`).
 #[derive(Debug, Default, Deserialize)]
 struct CurrentResult {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     interfaces: Vec<Interface>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     ips: Vec<IpConfig>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     routes: Vec<Route>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     dns: Dns,
 }
 
@@ -369,6 +378,11 @@ mod tests {
                 .unwrap_err()
                 .code(),
             6
+        );
+        let nulls = json!({"cniVersion": "1.0.0", "interfaces": null, "ips": null, "routes": null, "dns": null});
+        assert_eq!(
+            CniResult::from_json(&nulls, Version::V1_0_0).unwrap(),
+            CniResult::default()
         );
         let unknown = json!({"cniVersion": "9.9.9"});
         assert_eq!(

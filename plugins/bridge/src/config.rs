@@ -132,6 +132,31 @@ fn collect_trunk(entries: &[TrunkEntry]) -> Result<Vec<u16>> {
     Ok(ids)
 }
 
+/// The container MAC from CNI_ARGS `MAC=`, `args.cni.mac`, `runtimeConfig.mac`: last wins.
+fn container_mac(args: &CmdArgs, raw: &BridgeConf) -> Result<Option<Mac>> {
+    let known = [
+        "MAC",
+        "IP",
+        "K8S_POD_NAMESPACE",
+        "K8S_POD_NAME",
+        "K8S_POD_INFRA_CONTAINER_ID",
+        "K8S_POD_UID",
+    ];
+    let mut mac = None;
+    for (k, v) in load_cni_args(&args.args, &known)? {
+        if k == "MAC" {
+            mac = Some(parse_mac(&v).map_err(|e| e.context("CNI_ARGS MAC"))?);
+        }
+    }
+    if let Some(v) = raw.net.args_cni("mac") {
+        mac = Some(mac_from(v, "args.cni.mac")?);
+    }
+    if let Some(v) = raw.net.runtime("mac") {
+        mac = Some(mac_from(v, "runtimeConfig.mac")?);
+    }
+    Ok(mac)
+}
+
 fn mac_from(v: &serde_json::Value, source: &str) -> Result<Mac> {
     let s = v
         .as_str()
@@ -142,6 +167,16 @@ fn mac_from(v: &serde_json::Value, source: &str) -> Result<Mac> {
 /// Parses and validates the config of one invocation (code 6 for malformed JSON, 7 for
 /// values that cannot work).
 pub fn load(args: &CmdArgs) -> Result<Conf> {
+    load_with(args, true)
+}
+
+/// The config for teardown (DEL, GC): values only ADD uses (the MAC, CNI_ARGS) are not
+/// allowed to make the removal of an attachment fail; a bad one is logged and ignored.
+pub fn load_for_teardown(args: &CmdArgs) -> Result<Conf> {
+    load_with(args, false)
+}
+
+fn load_with(args: &CmdArgs, strict: bool) -> Result<Conf> {
     let raw: BridgeConf = args.parse_conf()?;
     if raw.bridge.is_empty() {
         return Err(Error::config("bridge name must not be empty"));
@@ -170,28 +205,14 @@ pub fn load(args: &CmdArgs) -> Result<Conf> {
             )));
         }
     }
-    let mut mac = None;
-    for (k, v) in load_cni_args(
-        &args.args,
-        &[
-            "MAC",
-            "IP",
-            "K8S_POD_NAMESPACE",
-            "K8S_POD_NAME",
-            "K8S_POD_INFRA_CONTAINER_ID",
-            "K8S_POD_UID",
-        ],
-    )? {
-        if k == "MAC" {
-            mac = Some(parse_mac(&v).map_err(|e| e.context("CNI_ARGS MAC"))?);
+    let mac = match container_mac(args, &raw) {
+        Ok(mac) => mac,
+        Err(e) if !strict => {
+            log::warn!("ignoring for {}: {e}", args.command.as_str());
+            None
         }
-    }
-    if let Some(v) = raw.net.args_cni("mac") {
-        mac = Some(mac_from(v, "args.cni.mac")?);
-    }
-    if let Some(v) = raw.net.runtime("mac") {
-        mac = Some(mac_from(v, "runtimeConfig.mac")?);
-    }
+        Err(e) => return Err(e),
+    };
     let conf = Conf {
         is_gateway: raw.is_gateway || raw.is_default_gateway,
         mtu: raw.mtu as u32,
@@ -306,5 +327,12 @@ mod tests {
         assert_eq!(load(&args(base(), "MAC=nope")).unwrap_err().code(), 7);
         assert_eq!(load(&args(base(), "FOO=1")).unwrap_err().code(), 4);
         assert!(load(&args(base(), "FOO=1;IgnoreUnknown=1")).is_ok());
+        // Teardown never fails on what only ADD uses.
+        assert_eq!(
+            load_for_teardown(&args(base(), "MAC=nope;FOO=1"))
+                .unwrap()
+                .mac,
+            None
+        );
     }
 }

@@ -39,17 +39,18 @@ impl Plugin for Bridge {
     fn add(&self, args: &CmdArgs) -> Result<CniResult> {
         let conf = config::load(args)?;
         let mut undo = Undo::default();
-        match add(args, &conf, &mut undo) {
-            Ok(result) => Ok(result),
-            Err(e) => {
-                undo.run(args, &conf);
-                Err(e)
-            }
+        // The result must also print in the config's version (0.1.0/0.2.0 need an address):
+        // find out before returning, while a failure can still be rolled back.
+        let added = add(args, &conf, &mut undo)
+            .and_then(|result| result.to_json(args.version).map(|_| result));
+        if added.is_err() {
+            undo.run(args, &conf);
         }
+        added
     }
 
     fn del(&self, args: &CmdArgs) -> Result<()> {
-        let conf = config::load(args)?;
+        let conf = config::load_for_teardown(args)?;
         del(args, &conf)
     }
 
@@ -59,7 +60,7 @@ impl Plugin for Bridge {
     }
 
     fn gc(&self, args: &CmdArgs) -> Result<()> {
-        let conf = config::load(args)?;
+        let conf = config::load_for_teardown(args)?;
         let valid = valid_attachments(&args.conf)?;
         let mut errors = Vec::new();
         if let Err(e) = rules::gc_rules(&conf.raw.net.name, &valid) {
@@ -142,7 +143,19 @@ fn add(args: &CmdArgs, conf: &Conf, undo: &mut Undo) -> Result<CniResult> {
     let netns = open_netns(&args.netns)?;
     let mut host = RouteSocket::open()?;
 
-    // IPAM first: a config it refuses must leave the host untouched (no bridge either).
+    // An interface that is already there fails ADD before anything is allocated: an IPAM
+    // that hands out the same lease again must not have it released by our rollback.
+    if RouteSocket::open_in(&netns)?
+        .link_by_name(&args.ifname)?
+        .is_some()
+    {
+        return Err(Error::internal(format!(
+            "container veth name {:?} already exists in {}",
+            args.ifname, args.netns
+        )));
+    }
+
+    // IPAM next: a config it refuses must leave the host untouched (no bridge either).
     let mut result = CniResult::default();
     let mut gateways = Gateways::default();
     if conf.is_layer3() {
@@ -259,41 +272,56 @@ fn rules_from_prev(args: &CmdArgs, conf: &Conf, prev: &CniResult) -> Option<Atta
         .interfaces
         .iter()
         .find(|i| i.name == args.ifname && !i.sandbox.is_empty())?;
-    let host_veth = prev
-        .interfaces
-        .iter()
-        .find(|i| i.sandbox.is_empty() && i.name != conf.bridge() && i.name.starts_with("veth"))?;
+    let host_veth = host_veth_of(conf, prev)?;
     let mac = common::netlink::parse_mac(&container.mac).ok()?;
     Some(attachment_rules(args, conf, prev, &host_veth.name, &mac))
 }
 
 fn del(args: &CmdArgs, conf: &Conf) -> Result<()> {
     let mut errors = Vec::new();
+    let prev = args.prev_result().unwrap_or_else(|e| {
+        log::warn!("DEL: ignoring an unreadable prevResult: {e}");
+        None
+    });
 
-    // The container side: deleting it takes the host end of the veth with it.
-    if !args.netns.is_empty() {
-        match NetNs::open(&args.netns) {
-            Ok(netns) => {
-                if let Err(e) = link::delete_container_link(&netns, &args.ifname) {
-                    errors.push(e);
-                }
+    // The container side: deleting it takes the host end of the veth with it. When the netns
+    // is gone, the kernel tears its veths down asynchronously: delete the host end ourselves.
+    let netns = match args.netns.as_str() {
+        "" => None,
+        path => match NetNs::open(path) {
+            Ok(ns) => Some(ns),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => {
+                log::warn!("DEL: netns {path} unusable ({e}); removing host-side state only");
+                None
             }
-            Err(e) if e.is_not_found() => {}
-            Err(e) => log::warn!(
-                "DEL: netns {} unusable ({e}); removing host-side state only",
-                args.netns
-            ),
+        },
+    };
+    let container_removed = match &netns {
+        Some(ns) => match link::delete_container_link(ns, &args.ifname) {
+            Ok(()) => true,
+            Err(e @ Error::InvalidNetns(_)) => {
+                log::warn!("DEL: {e}; removing host-side state only");
+                false
+            }
+            Err(e) => {
+                errors.push(e);
+                true
+            }
+        },
+        None => false,
+    };
+    if !container_removed {
+        if let Some(host_veth) = prev.as_ref().and_then(|p| host_veth_of(conf, p)) {
+            if let Err(e) = link::delete_host_veth(conf, &host_veth.name) {
+                errors.push(e);
+            }
         }
     }
 
-    if conf.is_layer3() {
-        if let Err(e) = ipam::exec_command(args, Command::Del) {
-            errors.push(e);
-        }
-    }
-
+    // Rules before the address is released: once IPAM frees it, another attachment may get
+    // it, and its elements must not be touched by ours.
     if conf.raw.ip_masq || conf.raw.macspoofchk {
-        let prev = args.prev_result().ok().flatten();
         let known = prev.as_ref().and_then(|p| rules_from_prev(args, conf, p));
         if let Err(e) = rules::del_rules(
             &conf.raw.net.name,
@@ -304,7 +332,21 @@ fn del(args: &CmdArgs, conf: &Conf) -> Result<()> {
             errors.push(e.context("removing masquerade and spoof-check rules"));
         }
     }
+
+    if conf.is_layer3() {
+        if let Err(e) = ipam::exec_command(args, Command::Del) {
+            errors.push(e);
+        }
+    }
     join_errors(errors)
+}
+
+/// The host end of the veth in a result: the interface without sandbox that is not the bridge.
+fn host_veth_of<'a>(conf: &Conf, result: &'a CniResult) -> Option<&'a Interface> {
+    result
+        .interfaces
+        .iter()
+        .find(|i| i.sandbox.is_empty() && i.name != conf.bridge() && i.name.starts_with("veth"))
 }
 
 fn check(args: &CmdArgs, conf: &Conf) -> Result<()> {

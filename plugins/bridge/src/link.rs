@@ -58,14 +58,23 @@ pub fn ensure_bridge(host: &mut RouteSocket, conf: &Conf) -> Result<BridgeInfo> 
         Some(l) => l,
         None => {
             let vlan_filtering = conf.vlan != 0 || !conf.trunk.is_empty();
-            match host.create_bridge(name, conf.mtu, vlan_filtering) {
-                Ok(()) => write_if_sysctl("ipv6", name, "accept_ra", "0"),
-                Err(e) if e.is_exists() => {}
+            let created = match host.create_bridge(name, conf.mtu, vlan_filtering) {
+                Ok(()) => true,
+                Err(e) if e.is_exists() => false,
                 Err(e) => return Err(e.context(format!("failed to create bridge {name:?}"))),
-            }
-            host.link_by_name(name)?.ok_or_else(|| {
+            };
+            let link = host.link_by_name(name)?.ok_or_else(|| {
                 Error::internal(format!("bridge {name:?} vanished after creation"))
-            })?
+            })?;
+            if created {
+                write_if_sysctl("ipv6", name, "accept_ra", "0");
+                // Pin the MAC: otherwise a bridge takes the lowest MAC of its ports, which
+                // changes as containers come and go.
+                if let Some(mac) = link.mac {
+                    host.set_mac(link.index, &mac)?;
+                }
+            }
+            link
         }
     };
     if link.kind.as_deref() != Some("bridge") {
@@ -345,8 +354,14 @@ pub fn setup_gateways(
             .map_or(bridge.name.as_str(), |i| i.name.as_str());
         write_if_sysctl("ipv6", name, "accept_dad", "0");
     }
+    // The bridge keeps the MAC it had before its first port joined (as the reference pins it).
+    let pin = if vlan_iface.is_none() {
+        bridge.mac
+    } else {
+        None
+    };
     for gw in gws.v4.iter().chain(&gws.v6) {
-        ensure_address(host, target, gw, conf.raw.force_address)
+        ensure_address(host, target, gw, conf.raw.force_address, pin)
             .map_err(|e| e.context("failed to set bridge addr"))?;
     }
     if !gws.v4.is_empty() {
@@ -362,7 +377,13 @@ pub fn setup_gateways(
 
 /// Ensures `gw` is on link `index`. Another IPv4 address, or an overlapping IPv6 one, is an
 /// error unless `force` (then it is replaced).
-fn ensure_address(host: &mut RouteSocket, index: u32, gw: &IpNetwork, force: bool) -> Result<()> {
+fn ensure_address(
+    host: &mut RouteSocket,
+    index: u32,
+    gw: &IpNetwork,
+    force: bool,
+    pin_mac: Option<Mac>,
+) -> Result<()> {
     let family = family_of(gw);
     for a in host.addresses(Some(index), Some(family))? {
         if a.addr == *gw {
@@ -386,9 +407,7 @@ fn ensure_address(host: &mut RouteSocket, index: u32, gw: &IpNetwork, force: boo
         Err(e) if e.is_exists() => return Ok(()),
         Err(e) => return Err(e),
     }
-    // Pin the MAC: otherwise a bridge takes the lowest MAC of its ports, which changes as
-    // containers come and go.
-    if let Some(mac) = host.link_by_index(index)?.and_then(|l| l.mac) {
+    if let Some(mac) = pin_mac {
         host.set_mac(index, &mac)?;
     }
     Ok(())
@@ -404,43 +423,87 @@ fn ensure_vlan_interface(
     let name = format!("{}.{}", bridge.name, conf.vlan);
     common::spec::config::validate_ifname(&name)
         .map_err(|e| Error::config(format!("vlan gateway interface name {name:?}: {e}")))?;
-    let link = match host.link_by_name(&name)? {
-        Some(l) => l,
-        None => {
-            let here = NetNs::open("/proc/thread-self/ns/net")?;
-            let peer = random_veth_name()?;
-            host.create_veth(&VethSpec {
-                name: &name,
-                peer_name: &peer,
-                peer_ns: &here,
-                mtu: bridge.mtu,
-                peer_mac: None,
-            })?;
-            let peer_link = host
-                .link_by_name(&peer)?
-                .ok_or_else(|| Error::internal(format!("{peer} vanished after creation")))?;
-            host.set_master(peer_link.index, bridge.index)?;
-            let port_conf = Conf {
-                trunk: Vec::new(),
-                ..conf.clone()
-            };
-            setup_port_vlans(host, peer_link.index, &port_conf)?;
-            host.set_up(peer_link.index)?;
+    // A usable one is a veth whose peer is an up port of this bridge; anything else (say,
+    // left half-made by a killed ADD) is replaced.
+    if let Some(existing) = host.link_by_name(&name)? {
+        let peer = match existing.link_index {
+            Some(i) => host.link_by_index(i)?,
+            None => None,
+        };
+        let usable = existing.kind.as_deref() == Some("veth")
+            && existing.up
+            && peer.is_some_and(|p| p.master == Some(bridge.index) && p.up);
+        if usable {
+            return Ok(vlan_interface(existing));
+        }
+        log::warn!("replacing the incomplete vlan gateway interface {name}");
+        match host.delete_link(existing.index) {
+            Err(e) if !e.is_not_found() => return Err(e),
+            _ => {}
+        }
+    }
+    let here = NetNs::open("/proc/thread-self/ns/net")?;
+    let peer = random_veth_name()?;
+    match host.create_veth(&VethSpec {
+        name: &name,
+        peer_name: &peer,
+        peer_ns: &here,
+        mtu: bridge.mtu,
+        peer_mac: None,
+    }) {
+        Ok(()) => {}
+        // A concurrent ADD made it: use theirs.
+        Err(e) if e.is_exists() => {
             let link = host
                 .link_by_name(&name)?
-                .ok_or_else(|| Error::internal(format!("{name} vanished after creation")))?;
-            host.set_up(link.index)?;
-            link
+                .ok_or_else(|| Error::internal(format!("{name} vanished")))?;
+            return Ok(vlan_interface(link));
         }
+        Err(e) => return Err(e.context(format!("failed to create {name}"))),
+    }
+    let peer_link = host
+        .link_by_name(&peer)?
+        .ok_or_else(|| Error::internal(format!("{peer} vanished after creation")))?;
+    host.set_master(peer_link.index, bridge.index)?;
+    let port_conf = Conf {
+        trunk: Vec::new(),
+        ..conf.clone()
     };
-    Ok((
+    setup_port_vlans(host, peer_link.index, &port_conf)?;
+    host.set_up(peer_link.index)?;
+    let link = host
+        .link_by_name(&name)?
+        .ok_or_else(|| Error::internal(format!("{name} vanished after creation")))?;
+    host.set_up(link.index)?;
+    Ok(vlan_interface(link))
+}
+
+fn vlan_interface(link: Link) -> (u32, Interface) {
+    (
         link.index,
         Interface {
-            name,
             mac: link.mac.as_ref().map(format_mac).unwrap_or_default(),
+            name: link.name,
             ..Interface::default()
         },
-    ))
+    )
+}
+
+/// Deletes the host end of an attachment's veth (kernel), if it is still a veth on our bridge.
+pub fn delete_host_veth(conf: &Conf, name: &str) -> Result<()> {
+    let mut host = RouteSocket::open()?;
+    let Some(link) = host.link_by_name(name)? else {
+        return Ok(());
+    };
+    let bridge = host.link_by_name(conf.bridge())?;
+    if link.kind.as_deref() != Some("veth") || bridge.map(|b| b.index) != link.master {
+        log::warn!("DEL: {name} is not a veth on {}; left alone", conf.bridge());
+        return Ok(());
+    }
+    match host.delete_link(link.index) {
+        Err(e) if !e.is_not_found() => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Deletes the container interface (kernel; the host end of the veth goes with it). A missing

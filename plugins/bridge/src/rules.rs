@@ -499,10 +499,23 @@ mod tests {
             .filter_map(|v| v["add"]["element"]["elem"].as_array())
             .flatten()
             .collect();
-        assert_eq!(elems.len(), 6);
-        for e in elems {
+        // Each key is added bare, deleted (dropping another owner's comment), then added
+        // with this attachment's comment.
+        let owned: Vec<&&Value> = elems
+            .iter()
+            .filter(|e| e["elem"]["comment"].is_string())
+            .collect();
+        assert_eq!(owned.len(), 6);
+        for e in owned {
             assert_eq!(e["elem"]["comment"], "net/cid/eth0");
         }
+        assert_eq!(elems.len(), 12);
+        let deleted = c
+            .iter()
+            .filter_map(|v| v["delete"]["element"]["elem"].as_array())
+            .flatten()
+            .count();
+        assert_eq!(deleted, 6);
         assert_eq!(
             c.iter()
                 .find(|v| v["add"]["chain"]["name"] == "prerouting")

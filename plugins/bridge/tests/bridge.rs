@@ -343,3 +343,41 @@ fn a_second_add_for_the_same_interface_fails_cleanly() {
     assert_eq!(w.host_veths().len(), 1);
     w.del("dup", c.path(), &conf, Some(&r)).ok();
 }
+
+#[test]
+fn an_address_handed_out_again_belongs_to_its_new_owner() {
+    if !have_root() {
+        return;
+    }
+    let w = World::new();
+    let mut conf = w.conf("1.1.0", json!({"ipMasq": true}), v4_ranges("10.97.0.0/24"));
+    conf["args"] = json!({"cni": {"ips": ["10.97.0.50"]}});
+    let (ca, cb) = (TestNs::new(), TestNs::new());
+    w.add("owner-a", &ca, &conf);
+    // A's address is released behind the bridge's back (as if its DEL died half-way), and
+    // then handed to B.
+    cni(
+        &w.host,
+        "host-local",
+        "DEL",
+        "owner-a",
+        ca.path(),
+        "eth0",
+        &conf,
+        &[],
+    )
+    .ok();
+    let rb = w.add("owner-b", &cb, &conf);
+    assert_eq!(addr_of(&rb, true).to_string(), "10.97.0.50");
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "owner-b", "ifname": "eth0"}]);
+    cni(&w.host, "bridge", "GC", "", "", "", &gc, &[]).ok();
+    let ruleset = w.host.nft_ruleset().to_string();
+    assert!(
+        ruleset.contains("owner-b"),
+        "B keeps its masquerade: {ruleset}"
+    );
+    assert!(!ruleset.contains("owner-a"));
+    w.del("owner-b", cb.path(), &conf, Some(&rb)).ok();
+    assert!(!nft_mentions(&w.host, "10.97.0.50"));
+}

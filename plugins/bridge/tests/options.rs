@@ -257,3 +257,52 @@ fn ip_masq_rewrites_the_source_of_traffic_leaving_the_subnet() {
         server.ip(&["route", "add", "10.96.0.0/24", "via", "192.0.2.1"]);
     }
 }
+
+#[test]
+fn a_result_the_config_version_cannot_carry_rolls_the_add_back() {
+    if !have_root() {
+        return;
+    }
+    // A layer-2 attachment has no address, which 0.2.0 results cannot express.
+    let w = World::new();
+    let mut conf = w.conf("0.2.0", json!({}), json!([]));
+    conf.as_object_mut().unwrap().remove("ipam");
+    let c = TestNs::new();
+    let r = w.run("ADD", "l2-old", c.path(), &conf);
+    assert_eq!(r.err_code(), 999);
+    assert!(
+        r.json()["msg"]
+            .as_str()
+            .unwrap()
+            .contains("no valid IP addresses")
+    );
+    assert!(!c.has_link("eth0"));
+    assert!(w.host_veths().is_empty());
+}
+
+#[test]
+fn del_succeeds_whatever_only_add_would_have_used() {
+    if !have_root() {
+        return;
+    }
+    let w = World::new();
+    let conf = w.conf("1.0.0", json!({}), v4_ranges("10.98.0.0/24"));
+    let c = TestNs::new();
+    let r = w.add("lenient", &c, &conf);
+    let mut bad = conf.clone();
+    bad["runtimeConfig"] = json!({"mac": "not-a-mac"});
+    bad["prevResult"] = r;
+    let del = testkit::cni(
+        &w.host,
+        "bridge",
+        "DEL",
+        "lenient",
+        c.path(),
+        "eth0",
+        &bad,
+        &[("CNI_ARGS", "UNKNOWN=1")],
+    );
+    assert_eq!(del.code, 0, "{}", del.stdout);
+    assert!(!c.has_link("eth0"));
+    assert!(w.allocations().is_empty());
+}

@@ -6,9 +6,8 @@
 //! runs in its own process group so that, on timeout, the whole group (a shell script and its
 //! `sleep`, an IPAM plugin it delegated to) is killed and the stdout pipe closes.
 
-use common::error::ErrorJson;
-use common::skel::Command;
-use common::{Error, Result};
+use crate::error::{Error, ErrorJson, Result};
+use crate::skel::Command;
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -76,15 +75,21 @@ pub fn run_plugin(
     // never reads must not block us (the time limit still applies).
     if let Some(mut pipe) = child.stdin.take() {
         let data = stdin.to_vec();
-        std::thread::spawn(move || {
-            // A plugin that exits without reading closes the pipe: not an error here.
-            let _ = pipe.write_all(&data);
-        });
+        std::thread::Builder::new()
+            .spawn(move || {
+                // A plugin that exits without reading closes the pipe: not an error here.
+                let _ = pipe.write_all(&data);
+            })
+            .map_err(|e| Error::TryAgainLater(format!("cannot start a thread: {e}")))?;
     }
     let (tx, rx) = mpsc::channel::<std::io::Result<Output>>();
-    std::thread::spawn(move || {
+    let waiter = std::thread::Builder::new().spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
+    if let Err(e) = waiter {
+        kill_group(pid);
+        return Err(Error::TryAgainLater(format!("cannot start a thread: {e}")));
+    }
     let received = match timeout {
         Some(t) => rx.recv_timeout(t),
         None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
@@ -101,7 +106,7 @@ pub fn run_plugin(
             // escaped the group and holds stdout open.
             let _ = rx.recv_timeout(REAP_GRACE);
             let secs = timeout.map(|t| t.as_secs_f64()).unwrap_or_default();
-            return Err(Error::internal(format!(
+            return Err(Error::TryAgainLater(format!(
                 "plugin {name} {} timed out after {secs}s and was killed",
                 command.as_str()
             )));
