@@ -4,9 +4,7 @@
 
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 pub use testkit::Run;
 
@@ -36,28 +34,15 @@ pub fn exec_raw(
     stdin: &str,
     extra: &[(&str, &str)],
 ) -> Run {
-    let mut cmd = Command::new(bin);
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", cid)
-        .env("CNI_NETNS", "/var/run/netns/host-local-test")
-        .env("CNI_IFNAME", ifname)
-        .env("CNI_PATH", "/opt/cni/bin")
-        .envs(extra.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).ok();
-    let out = child.wait_with_output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let mut env = vec![
+        ("CNI_COMMAND", command),
+        ("CNI_CONTAINERID", cid),
+        ("CNI_NETNS", "/var/run/netns/host-local-test"),
+        ("CNI_IFNAME", ifname),
+        ("CNI_PATH", "/opt/cni/bin"),
+    ];
+    env.extend_from_slice(extra);
+    testkit::run(bin, &[], &env, stdin)
 }
 
 /// Our binary for one verb.
