@@ -236,14 +236,14 @@ impl Run {
 }
 
 /// Runs `program` inside `ns` with `env` (added to a clean environment with PATH) and `stdin`.
-pub fn run_in(ns: &TestNs, program: &PathBuf, env: &[(&str, &str)], stdin: &str) -> Run {
+pub fn run_in(ns: &TestNs, program: &std::path::Path, env: &[(&str, &str)], stdin: &str) -> Run {
     run_args_in(ns, program, &[], env, stdin)
 }
 
 /// [`run_in`] with command-line arguments.
 pub fn run_args_in(
     ns: &TestNs,
-    program: &PathBuf,
+    program: &std::path::Path,
     args: &[&str],
     env: &[(&str, &str)],
     stdin: &str,
