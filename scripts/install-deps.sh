@@ -52,7 +52,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if [ "$interop" = 1 ] && ! { command -v cnitool >/dev/null && cnitool 2>&1 | grep -q 'cnitool add'; }; then
+cnitool_works() { local out; out=$(cnitool 2>&1 || true); grep -q 'cnitool add' <<<"$out"; }
+if [ "$interop" = 1 ] && ! { command -v cnitool >/dev/null && cnitool_works; }; then
   say "building cnitool from Debian's libcni source package"
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
