@@ -27,14 +27,14 @@ trap cleanup EXIT
 ip netns add "$HOSTNS"
 ip -n "$HOSTNS" link set lo up
 
-stats() { sort -g | awk '{a[NR]=$1} END {n=NR; m=(n%2)?a[(n+1)/2]:(a[n/2]+a[n/2+1])/2; k=int(0.95*n+0.999); printf "%.2f %.2f", m, a[k]}'; }
+stats() { sort -g | awk '{a[NR]=$1} END {n=NR; m=(n%2)?a[(n+1)/2]:(a[n/2]+a[n/2+1])/2; k=int(0.95*n+0.999); printf "%.2f %.2f\n", m, a[k]}'; }
 
 bench_one() {   # $1 tag, $2 plugin dir
-  local tag=$1 dir=$2 net=cbench-$ID-$1 i t0 t1
+  local tag=$1 dir=$2 net=cbench-$ID-$1 br=cb${1:0:1}$ID i t0 t1
   mkdir -p "$RUN/$tag/conf"
   cat >"$RUN/$tag/conf/$net.conflist" <<CONF
 {"cniVersion": "$CNI_VERSION", "name": "$net", "plugins": [
-  {"type": "bridge", "bridge": "cb$tag$ID", "isGateway": true, "ipMasq": true,
+  {"type": "bridge", "bridge": "$br", "isGateway": true, "ipMasq": true,
    "ipam": {"type": "host-local", "dataDir": "$RUN/$tag/ipam",
             "ranges": [[{"subnet": "10.99.0.0/16"}]], "routes": [{"dst": "0.0.0.0/0"}]}}]}
 CONF
