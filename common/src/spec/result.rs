@@ -278,6 +278,28 @@ impl CniResult {
         Ok(v)
     }
 
+    /// The container interface of an attachment: the one named `ifname` with a sandbox, and
+    /// its index in `interfaces` (what `ips[].interface` refers to).
+    pub fn container_interface(&self, ifname: &str) -> Option<(usize, &Interface)> {
+        self.interfaces
+            .iter()
+            .enumerate()
+            .find(|(_, i)| i.name == ifname && !i.sandbox.is_empty())
+    }
+
+    /// The addresses of the interface at `index`; addresses with no interface index count too
+    /// (IPAM results and some plugins leave it out).
+    pub fn ips_of(&self, index: Option<usize>) -> impl Iterator<Item = &IpConfig> {
+        self.ips
+            .iter()
+            .filter(move |ip| ip.interface.is_none() || index.is_none() || ip.interface == index)
+    }
+
+    /// Interfaces on the host side (no sandbox), e.g. a bridge and a host veth.
+    pub fn host_interfaces(&self) -> impl Iterator<Item = &Interface> {
+        self.interfaces.iter().filter(|i| i.sandbox.is_empty())
+    }
+
     /// Reads `prevResult` from a config if there is one.
     pub fn from_prev(prev: Option<&Value>, conf_version: Version) -> Result<Option<CniResult>> {
         match prev {
@@ -332,6 +354,17 @@ mod tests {
             }
             assert_eq!(back.dns, r.dns);
         }
+    }
+
+    #[test]
+    fn attachment_lookups() {
+        let r = sample();
+        let (idx, eth0) = r.container_interface("eth0").unwrap();
+        assert_eq!((idx, eth0.sandbox.as_str()), (2, "/run/netns/x"));
+        assert!(r.container_interface("cni0").is_none(), "no sandbox: not a container interface");
+        assert_eq!(r.ips_of(Some(2)).count(), 3);
+        assert_eq!(r.ips_of(Some(0)).count(), 0);
+        assert_eq!(r.host_interfaces().count(), 2);
     }
 
     #[test]
