@@ -7,7 +7,7 @@
 use serde_json::Value;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use testkit::{Run, TestNs, have_root, run_args_in, tcp_exchange};
+use testkit::{Run, TestNs, have_root, run_args_in, tcp_exchange, tcp_via};
 
 fn conflist_files() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conflists");
@@ -90,8 +90,24 @@ fn every_shipped_conflist_connects_two_containers_and_cleans_up() {
             cache: tmp.path().join("cache"),
         };
         let (c1, c2) = (TestNs::new(), TestNs::new());
+        // A chain that publishes ports gets one mapping per container (host 18101/18102 to
+        // container port 8080), reached from the host through 127.0.0.1 below.
+        let publishes = list["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["capabilities"]["portMappings"] == true);
         let add = |ns: &TestNs, id: &str| {
-            let r = runner.run("add", &["--netns", ns.path(), "--container-id", id]);
+            let port = if id == "ctr-one" {
+                "18101:8080/tcp"
+            } else {
+                "18102:8080/tcp"
+            };
+            let mut args = vec!["--netns", ns.path(), "--container-id", id];
+            if publishes {
+                args.extend(["--port-mapping", port]);
+            }
+            let r = runner.run("add", &args);
             assert_eq!(
                 r.code,
                 0,
@@ -111,8 +127,26 @@ fn every_shipped_conflist_connects_two_containers_and_cleans_up() {
             tcp_exchange(&c1, &c2, SocketAddr::new(*x, port))
                 .unwrap_or_else(|e| panic!("{}: {y} -> {x}: {e}", file.display()));
         }
+        if publishes {
+            tcp_via(
+                &c1,
+                "0.0.0.0:8080".parse().unwrap(),
+                &host,
+                "127.0.0.1:18101".parse().unwrap(),
+            )
+            .unwrap_or_else(|e| panic!("{}: published port: {e}", file.display()));
+        }
         for (ns, id) in [(&c1, "ctr-one"), (&c2, "ctr-two")] {
-            let r = runner.run("check", &["--netns", ns.path(), "--container-id", id]);
+            let port = if id == "ctr-one" {
+                "18101:8080/tcp"
+            } else {
+                "18102:8080/tcp"
+            };
+            let mut args = vec!["--netns", ns.path(), "--container-id", id];
+            if publishes {
+                args.extend(["--port-mapping", port]);
+            }
+            let r = runner.run("check", &args);
             assert_eq!(r.code, 0, "{}: check {id}: {}", file.display(), r.stdout);
             let r = runner.run("del", &["--netns", ns.path(), "--container-id", id]);
             assert_eq!(r.code, 0, "{}: del {id}: {}", file.display(), r.stdout);

@@ -310,9 +310,21 @@ pub fn tcp_peer_seen(
     client: &TestNs,
     addr: SocketAddr,
 ) -> Result<SocketAddr, String> {
+    tcp_via(server, addr, client, addr)
+}
+
+/// A TCP exchange where the client connects to `connect` (say, a published port) and the
+/// server listens on `listen`; returns the client address the server saw.
+pub fn tcp_via(
+    server: &TestNs,
+    listen: SocketAddr,
+    client: &TestNs,
+    connect: SocketAddr,
+) -> Result<SocketAddr, String> {
+    let addr = connect;
     let listener = server
-        .run(|| TcpListener::bind(addr))
-        .map_err(|e| format!("bind {addr}: {e}"))?;
+        .run(|| TcpListener::bind(listen))
+        .map_err(|e| format!("bind {listen}: {e}"))?;
     std::thread::scope(|s| {
         let srv = s.spawn(|| -> Result<SocketAddr, String> {
             listener.set_nonblocking(false).map_err(|e| e.to_string())?;
@@ -341,7 +353,7 @@ pub fn tcp_peer_seen(
         });
         if res.is_err() {
             // Unblock the accept() so the scope can end.
-            let _ = server.run(|| TcpStream::connect_timeout(&addr, Duration::from_millis(200)));
+            let _ = server.run(|| TcpStream::connect_timeout(&listen, Duration::from_millis(200)));
         }
         let srv_res = srv
             .join()
