@@ -140,6 +140,28 @@ pub fn remove(file: &Path) -> Result<()> {
     }
 }
 
+/// Temporary files of [`write`] (`.<name>.tmp-<pid>`): never entries. One left by a killed
+/// runner (its pid gone) is removed when the directory is listed.
+fn is_temporary(p: &Path) -> bool {
+    let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let Some(pid) = name
+        .strip_prefix('.')
+        .and_then(|n| n.rsplit_once(".tmp-"))
+        .map(|(_, pid)| pid)
+    else {
+        return false;
+    };
+    if pid
+        .parse::<u32>()
+        .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    {
+        let _ = std::fs::remove_file(p);
+    }
+    true
+}
+
 /// Every readable `cniCacheV1` entry in `dir` with a network name and an interface name, in
 /// file name order (libcni's `GetCachedAttachments`). Other files are skipped; a missing
 /// directory has none.
@@ -153,6 +175,7 @@ pub fn list(dir: &Path) -> Result<Vec<CacheEntry>> {
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| p.is_file())
+        .filter(|p| !is_temporary(p))
         .collect();
     files.sort();
     Ok(files
@@ -266,5 +289,21 @@ mod tests {
         assert!(path(d, "", "c", "e").is_err());
         assert!(path(d, "n", "../c", "e").is_err());
         assert_eq!(path(d, "n", "c", "e").unwrap(), Path::new("/x/n-c-e"));
+    }
+
+    #[test]
+    fn temporary_files_are_never_entries_and_dead_ones_go() {
+        let d = tempfile::tempdir().unwrap();
+        let e = entry();
+        write(d.path(), &e).unwrap();
+        let body = std::fs::read(path(d.path(), "net1", "c1", "eth0").unwrap()).unwrap();
+        let live = d.path().join(format!(".net1-c2-eth0.tmp-{}", std::process::id()));
+        let dead = d.path().join(".net1-c3-eth0.tmp-4194304999");
+        std::fs::write(&live, &body).unwrap();
+        std::fs::write(&dead, &body).unwrap();
+        let listed = list(d.path()).unwrap();
+        assert_eq!(listed.len(), 1, "only the real entry");
+        assert!(live.exists(), "a running writer's file is left alone");
+        assert!(!dead.exists(), "a killed writer's file is removed");
     }
 }

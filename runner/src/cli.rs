@@ -40,9 +40,9 @@ pub enum Cmd {
     ///
     /// Every cached attachment of the network not listed with --valid-attachment gets a DEL
     /// (with the netns and arguments it was added with); then, for cniVersion 1.1.0 and
-    /// later, every plugin gets GC with the valid list. With no --valid-attachment, every
-    /// attachment of the network counts as stale. Errors do not stop it; they are reported
-    /// together.
+    /// later, every plugin gets GC with the valid list. Give at least one --valid-attachment,
+    /// or --none-valid to tear down every attachment of the network. Errors do not stop it;
+    /// they are reported together.
     Gc(GcArgs),
     /// Ask every plugin whether it can serve ADD now (1.1.0+); stops at the first error.
     Status(NetArgs),
@@ -150,6 +150,7 @@ pub struct AttachArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("validity").required(true).args(["valid", "none_valid"])))]
 pub struct GcArgs {
     #[command(flatten)]
     pub net: NetArgs,
@@ -157,6 +158,11 @@ pub struct GcArgs {
     /// An attachment to keep, repeatable: CONTAINER_ID:IFNAME.
     #[arg(long = "valid-attachment", value_name = "CID:IFNAME", value_parser = parse_attachment)]
     pub valid: Vec<Attachment>,
+
+    /// Declare that no attachment of the network is valid: every one is torn down. Required
+    /// instead of --valid-attachment, so that a bare `cnirun gc` cannot cut off every pod.
+    #[arg(long = "none-valid", conflicts_with = "valid")]
+    pub none_valid: bool,
 }
 
 fn parse_timeout(s: &str) -> std::result::Result<Duration, String> {
@@ -374,6 +380,23 @@ mod tests {
         assert_eq!(g.valid[1].ifname, "net1");
         assert!(
             Cli::try_parse_from(["cnirun", "gc", "-n", "x", "--valid-attachment", "c1"]).is_err()
+        );
+        // A bare gc would tear the whole network down: it must be asked for explicitly.
+        assert!(Cli::try_parse_from(["cnirun", "gc", "-n", "x"]).is_err());
+        let cli = Cli::try_parse_from(["cnirun", "gc", "-n", "x", "--none-valid"]).unwrap();
+        let Cmd::Gc(g) = cli.command else { panic!() };
+        assert!(g.none_valid && g.valid.is_empty());
+        assert!(
+            Cli::try_parse_from([
+                "cnirun",
+                "gc",
+                "-n",
+                "x",
+                "--none-valid",
+                "--valid-attachment",
+                "c:e"
+            ])
+            .is_err()
         );
     }
 }

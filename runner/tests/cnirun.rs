@@ -488,7 +488,7 @@ fn gc_before_1_1_only_deletes_and_disable_gc_skips() {
     fx.run("add", &["--netns", "/n", "--container-id", "c1"])
         .ok();
     fx.clear_calls();
-    fx.run("gc", &[]).ok();
+    fx.run("gc", &["--none-valid"]).ok();
     assert_eq!(fx.calls(), ["b DEL", "a DEL"]);
 
     let mut l = list("1.1.0", json!([{"type": "a"}]));
@@ -497,7 +497,7 @@ fn gc_before_1_1_only_deletes_and_disable_gc_skips() {
     fx.run("add", &["--netns", "/n", "--container-id", "c1"])
         .ok();
     fx.clear_calls();
-    fx.run("gc", &[]).ok();
+    fx.run("gc", &["--none-valid"]).ok();
     assert!(fx.calls().is_empty());
     assert!(fx.cache_file("c1").exists());
 }
