@@ -193,6 +193,12 @@ fn hostile_input_is_refused_without_touching_anything() {
         let r = run("ADD", "x", &net(d.path(), "hostile", subnet));
         assert_eq!(r.err_code(), 7, "{subnet}: {}", r.stdout);
     }
+    // A rangeStart after the default rangeEnd (the broadcast address) is a config error.
+    let mut c = good.clone();
+    c["ipam"]["ranges"] = json!([[{"subnet":"10.0.0.0/8","rangeStart":"10.255.255.255"}]]);
+    let r = run("ADD", "x", &c);
+    assert_eq!(r.err_code(), 7, "{}", r.stdout);
+    assert!(r.stdout.contains("after rangeEnd"), "{}", r.stdout);
     for name in ["../escape", "a/b", "..", ".hidden"] {
         let mut c = good.clone();
         c["name"] = json!(name);
