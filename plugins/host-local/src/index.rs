@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The directory under `dataDir` that holds the indexes of all networks.
@@ -136,6 +136,18 @@ fn line(key: &str, ips: &BTreeSet<IpAddr>) -> String {
     l
 }
 
+const DIR_MODE: u32 = 0o700;
+const FILE_MODE: u32 = 0o600;
+
+/// Takes group and other permissions away from `path` if it has any.
+fn restrict(path: &Path, mode: u32) -> io::Result<()> {
+    let meta = fs::symlink_metadata(path)?;
+    if meta.mode() & 0o077 != 0 && !meta.file_type().is_symlink() {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
 /// One network's index directory.
 #[derive(Debug, Clone)]
 pub struct Index {
@@ -143,13 +155,21 @@ pub struct Index {
 }
 
 impl Index {
-    /// Opens (creating) the index of `network` under `data_dir`.
+    /// Opens (creating) the index of `network` under `data_dir`. The index names every
+    /// container with its addresses, so it is private to the owner (directories 0700, files
+    /// 0600); directories left more open by older versions are closed here.
     pub fn open(data_dir: &Path, network: &str) -> io::Result<Index> {
-        let dir = data_dir.join(INDEX_ROOT).join(network);
+        let root = data_dir.join(INDEX_ROOT);
+        let dir = root.join(network);
         fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o755)
+            .mode(DIR_MODE)
             .create(&dir)?;
+        for d in [&root, &dir] {
+            if let Err(e) = restrict(d, DIR_MODE) {
+                log::warn!("restricting {} to {DIR_MODE:o}: {e}", d.display());
+            }
+        }
         Ok(Index { dir })
     }
 
@@ -169,7 +189,7 @@ impl Index {
 
     pub fn mark_unsupported(&self) -> io::Result<()> {
         let _ = fs::remove_file(self.dir.join(STAMP));
-        fs::write(self.dir.join(UNSUPPORTED), b"")
+        self.write_file(UNSUPPORTED, b"")
     }
 
     pub fn read_stamp(&self) -> Option<Stamp> {
@@ -198,8 +218,12 @@ impl Index {
             .write(true)
             .create(true)
             .truncate(false)
-            .mode(0o644)
+            .mode(FILE_MODE)
             .open(self.dir.join(name))?;
+        // A file an older version created 0644.
+        if f.metadata()?.mode() & 0o077 != 0 {
+            f.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
+        }
         f.write_all(data)?;
         f.set_len(u64::try_from(data.len()).unwrap_or(u64::MAX))
     }
@@ -362,6 +386,56 @@ mod tests {
         assert_eq!(idx.read(&owners[1].0).unwrap().len(), 1);
         idx.replace_all(std::iter::empty()).unwrap();
         assert_eq!(fs::read_dir(idx.dir()).unwrap().count(), 0);
+    }
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().mode() & 0o777
+    }
+
+    #[test]
+    fn the_index_is_private() {
+        let d = tempfile::tempdir().unwrap();
+        let idx = Index::open(d.path(), "net").unwrap();
+        let a = Owner::new("c1", "eth0");
+        idx.update([(&a, &ips(&["10.0.0.2"]))]).unwrap();
+        idx.write_stamp(&Stamp {
+            dev: 1,
+            ino: 2,
+            sec: 3,
+            nsec: 4,
+        })
+        .unwrap();
+        idx.mark_unsupported().unwrap();
+        assert_eq!(mode(&d.path().join(INDEX_ROOT)), 0o700);
+        assert_eq!(mode(idx.dir()), 0o700);
+        assert_eq!(mode(&idx.bucket_path(&a)), 0o600);
+        assert_eq!(mode(&idx.dir().join(UNSUPPORTED)), 0o600);
+
+        // An index left world-readable by an older version is closed on the next open.
+        let d = tempfile::tempdir().unwrap();
+        let idx = Index::open(d.path(), "net").unwrap();
+        idx.write_stamp(&Stamp {
+            dev: 1,
+            ino: 2,
+            sec: 3,
+            nsec: 4,
+        })
+        .unwrap();
+        for p in [d.path().join(INDEX_ROOT), idx.dir().to_path_buf()] {
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        fs::set_permissions(idx.dir().join(STAMP), fs::Permissions::from_mode(0o644)).unwrap();
+        let idx = Index::open(d.path(), "net").unwrap();
+        assert_eq!(mode(&d.path().join(INDEX_ROOT)), 0o700);
+        assert_eq!(mode(idx.dir()), 0o700);
+        idx.write_stamp(&Stamp {
+            dev: 1,
+            ino: 2,
+            sec: 3,
+            nsec: 5,
+        })
+        .unwrap();
+        assert_eq!(mode(&idx.dir().join(STAMP)), 0o600);
     }
 
     #[test]
