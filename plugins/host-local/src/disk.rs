@@ -164,14 +164,30 @@ impl DiskStore {
             match listed {
                 Ok(ips) => {
                     let mut held = BTreeSet::new();
+                    let mut checked = Ok(());
                     for ip in ips {
-                        if self.holder(ip)?.as_ref() == Some(owner) {
-                            held.insert(ip);
-                        } else {
-                            self.dirty.insert(owner.clone());
+                        match self.holder(ip) {
+                            Ok(h) if h.as_ref() == Some(owner) => {
+                                held.insert(ip);
+                            }
+                            Ok(_) => {
+                                self.dirty.insert(owner.clone());
+                            }
+                            Err(e) => {
+                                checked = Err(e);
+                                break;
+                            }
                         }
                     }
-                    self.cache.insert(owner.clone(), held);
+                    match checked {
+                        Ok(()) => {
+                            self.cache.insert(owner.clone(), held);
+                        }
+                        Err(e) => {
+                            log::warn!("checking the host-local index, scanning instead: {e}");
+                            self.scan_all()?;
+                        }
+                    }
                 }
                 Err(e) => {
                     log::warn!("reading the host-local index, scanning instead: {e}");
@@ -192,14 +208,28 @@ impl DiskStore {
         f.write_all(ip.to_string().as_bytes())
     }
 
-    /// Brings the index in line with the directory and stamps both (see the module docs).
-    fn sync(&mut self) -> Result<()> {
-        let Some(index) = &self.index else {
-            return Ok(());
-        };
+    /// Brings the index in line with the directory and stamps both (see the module docs), at
+    /// most once per change. The index is only a cache: when that fails the allocation files
+    /// are still right, so it warns, removes the stamp (the next call rebuilds) and carries on.
+    fn sync(&mut self) {
         if !self.modified && !self.rebuild {
-            return Ok(());
+            return;
         }
+        let Some(index) = &self.index else {
+            return;
+        };
+        if let Err(e) = self.write_index(index) {
+            log::warn!("updating the host-local index (the next call rebuilds it): {e}");
+            if let Err(e) = index.remove_stamp() {
+                log::warn!("removing the host-local index stamp: {e}");
+            }
+        }
+        self.rebuild = false;
+        self.modified = false;
+        self.dirty.clear();
+    }
+
+    fn write_index(&self, index: &Index) -> Result<()> {
         let written = if self.rebuild {
             index.replace_all(self.cache.iter())
         } else {
@@ -246,23 +276,18 @@ impl DiskStore {
                 .mark_unsupported()
                 .io_context("disabling the host-local index")?;
         }
-        self.rebuild = false;
-        self.modified = false;
-        self.dirty.clear();
         Ok(())
     }
 
-    /// Finishes the invocation: index and stamp written, lock released.
-    pub fn close(mut self) -> Result<()> {
-        self.sync()
+    /// Finishes the invocation: index and stamp written (best effort), lock released.
+    pub fn close(mut self) {
+        self.sync();
     }
 }
 
 impl Drop for DiskStore {
     fn drop(&mut self) {
-        if let Err(e) = self.sync() {
-            log::warn!("updating the host-local index (the next call rebuilds it): {e}");
-        }
+        self.sync();
     }
 }
 
@@ -417,14 +442,14 @@ mod tests {
     fn add(d: &Path, cid: &str) -> Result<IpAddr> {
         let mut s = open(d);
         let r = allocator::allocate_all(&mut s, &sets(), cid, "eth0", &[]);
-        s.close()?;
+        s.close();
         r.map(|c| c[0].address.ip())
     }
 
     fn del(d: &Path, cid: &str) -> Vec<IpAddr> {
         let mut s = open(d);
         let r = allocator::release_attachment(&mut s, cid, "eth0").unwrap();
-        s.close().unwrap();
+        s.close();
         r
     }
 
@@ -588,7 +613,7 @@ mod tests {
             let a = {
                 let mut s = open(d.path());
                 let r = allocator::allocate_all(&mut s, &sets, &cid, "eth0", &[]).unwrap();
-                s.close().unwrap();
+                s.close();
                 r
             };
             let b = allocator::allocate_all(&mut mem, &sets, &cid, "eth0", &[]).unwrap();
@@ -619,7 +644,7 @@ mod tests {
         }];
         let mut s = open(d.path());
         let mut freed = allocator::gc(&mut s, &valid).unwrap();
-        s.close().unwrap();
+        s.close();
         freed.sort();
         assert_eq!(freed, [ip("10.0.0.2"), ip("10.0.0.4")]);
         assert!(trusted_after_open(d.path()));
@@ -629,6 +654,36 @@ mod tests {
             idx.read(&Owner::new("b", "eth0")).unwrap(),
             [ip("10.0.0.3")]
         );
+    }
+
+    #[test]
+    fn an_index_that_cannot_be_written_costs_nothing_but_time() {
+        let d = tempfile::tempdir().unwrap();
+        add(d.path(), "c1").unwrap();
+        // Every index write fails from here on (as on a full or read-only filesystem): the
+        // index directory becomes a file under the open store's feet.
+        let idxdir = d.path().join(index::INDEX_ROOT).join(NET);
+        let mut s = open(d.path());
+        fs::remove_dir_all(&idxdir).unwrap();
+        fs::write(&idxdir, "").unwrap();
+        let r = allocator::allocate_all(&mut s, &sets(), "c2", "eth0", &[]).unwrap();
+        s.close();
+        assert_eq!(r[0].address.ip(), ip("10.0.0.3"));
+        assert_eq!(
+            fs::read(d.path().join(NET).join("10.0.0.3")).unwrap(),
+            b"c2\r\neth0"
+        );
+        // Later calls scan instead, and see every allocation.
+        assert!(!trusted_after_open(d.path()));
+        let e = add(d.path(), "c2").unwrap_err();
+        assert!(e.to_string().contains("duplicate"), "{e}");
+        assert_eq!(del(d.path(), "c1"), [ip("10.0.0.2")]);
+        assert_eq!(add(d.path(), "c3").unwrap(), ip("10.0.0.4"));
+        // Once the damage is gone the index comes back.
+        fs::remove_file(&idxdir).unwrap();
+        assert_eq!(del(d.path(), "c2"), [ip("10.0.0.3")]);
+        assert!(trusted_after_open(d.path()));
+        assert_eq!(del(d.path(), "c3"), [ip("10.0.0.4")]);
     }
 
     #[test]

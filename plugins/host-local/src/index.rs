@@ -148,6 +148,20 @@ fn restrict(path: &Path, mode: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Removes a file, or a directory with everything in it, that may not exist. Only ever used
+/// on our own index's entries, where a directory can only be damage.
+fn remove_any(path: &Path) -> io::Result<()> {
+    let removed = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match removed {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// One network's index directory.
 #[derive(Debug, Clone)]
 pub struct Index {
@@ -198,11 +212,9 @@ impl Index {
             .and_then(|s| Stamp::decode(&s))
     }
 
+    /// Removes the stamp, whatever is in its place: the index is untrusted from here on.
     pub fn remove_stamp(&self) -> io::Result<()> {
-        match fs::remove_file(self.dir.join(STAMP)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        remove_any(&self.dir.join(STAMP))
     }
 
     pub fn write_stamp(&self, stamp: &Stamp) -> io::Result<()> {
@@ -243,10 +255,7 @@ impl Index {
             return Ok(());
         }
         if text.is_empty() {
-            return match fs::remove_file(self.dir.join(name)) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
-            };
+            return remove_any(&self.dir.join(name));
         }
         self.write_file(name, text.as_bytes())
     }
@@ -316,11 +325,19 @@ impl Index {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             if name.starts_with(BUCKET_PREFIX) && !buckets.contains_key(name) {
-                fs::remove_file(entry.path())?;
+                remove_any(&entry.path())?;
             }
         }
         for (name, bucket) in &buckets {
-            let old = self.read_bucket(name)?;
+            // A bucket that cannot be read (not UTF-8, a directory, ..) is replaced.
+            let old = match self.read_bucket(name) {
+                Ok(old) => old,
+                Err(e) => {
+                    log::warn!("replacing the unreadable host-local index bucket {name}: {e}");
+                    remove_any(&self.dir.join(name))?;
+                    None
+                }
+            };
             self.store_bucket(name, old.as_deref(), &render_bucket(bucket))?;
         }
         Ok(())

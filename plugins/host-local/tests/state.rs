@@ -297,3 +297,62 @@ fn ours_and_the_reference_share_a_data_dir() {
     run("DEL", "c3", &c).ok();
     assert!(allocations(&netdir).is_empty());
 }
+
+/// The bucket file that lists `key` (e.g. `a:eth0`).
+fn bucket_listing(idxdir: &Path, key: &str) -> std::path::PathBuf {
+    buckets(idxdir)
+        .into_iter()
+        .find(|b| {
+            fs::read_to_string(b)
+                .unwrap()
+                .lines()
+                .any(|l| l.split(' ').next() == Some(key))
+        })
+        .unwrap_or_else(|| panic!("no bucket lists {key}"))
+}
+
+#[test]
+fn a_broken_index_never_fails_a_call() {
+    let d = tempfile::tempdir().unwrap();
+    let netdir = d.path().join("broken");
+    let idxdir = d.path().join(".cnirs-index").join("broken");
+    let c = net(d.path(), "broken", "10.96.0.0/24");
+    assert_eq!(first_ip(&run("ADD", "a", &c).ok()), "10.96.0.2/24");
+
+    // The stamp replaced by a (non-empty) directory: it cannot be read nor written as a file.
+    fs::remove_file(idxdir.join("stamp")).unwrap();
+    fs::create_dir_all(idxdir.join("stamp").join("junk")).unwrap();
+    assert_eq!(first_ip(&run("ADD", "b", &c).ok()), "10.96.0.3/24");
+    let r = run("ADD", "a", &c);
+    assert!(r.stdout.contains("duplicate allocation"), "{}", r.stdout);
+    run("DEL", "b", &c).ok();
+    assert_eq!(allocations(&netdir), ["10.96.0.2"]);
+
+    // A bucket that is not UTF-8, under a stamp that still matches.
+    let b = bucket_listing(&idxdir, "a:eth0");
+    fs::write(&b, b"a:eth0 10.96.0.2\n\xff\xfe\n").unwrap();
+    let r = run("ADD", "a", &c);
+    assert!(r.stdout.contains("duplicate allocation"), "{}", r.stdout);
+    fs::write(&b, b"\xff\xfe\n").unwrap();
+    run("DEL", "a", &c).ok();
+    assert!(allocations(&netdir).is_empty());
+
+    // A bucket replaced by a directory.
+    assert_eq!(first_ip(&run("ADD", "a", &c).ok()), "10.96.0.4/24");
+    let b = bucket_listing(&idxdir, "a:eth0");
+    fs::remove_file(&b).unwrap();
+    fs::create_dir_all(b.join("junk")).unwrap();
+    assert_eq!(first_ip(&run("ADD", "c", &c).ok()), "10.96.0.5/24");
+    run("DEL", "a", &c).ok();
+    assert_eq!(allocations(&netdir), ["10.96.0.5"]);
+    let mut gc = c.clone();
+    gc["cniVersion"] = json!("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([]);
+    exec(&ours(), "GC", "", "", &gc, &[]).ok();
+    assert!(allocations(&netdir).is_empty());
+
+    // Every call above repaired what it could: the index is whole and trusted again.
+    assert!(idxdir.join("stamp").is_file());
+    assert_eq!(first_ip(&run("ADD", "z", &c).ok()), "10.96.0.6/24");
+    assert!(index_lists(&idxdir, "z:eth0 10.96.0.6"));
+}
