@@ -7,9 +7,10 @@
 //!
 //! Every invocation works under the lock. It trusts the index only when the index's stamp
 //! matches the network directory; otherwise it scans the directory once and rewrites the
-//! index. After it changed anything it writes the touched index entries, then a fresh stamp,
-//! then sets the directory's modification time to the stamp's (see `sync`). A crash anywhere
-//! in between leaves stamp and directory disagreeing, so the next invocation rebuilds.
+//! index. After it changed anything it removes the stamp, writes the touched index entries,
+//! then a fresh stamp, then sets the directory's modification time to the stamp's (see
+//! `sync`). A crash anywhere in between leaves no stamp or one that disagrees with the
+//! directory, so the next invocation rebuilds.
 
 use crate::allocator::{Owner, Store};
 use crate::index::{self, Index, Stamp};
@@ -551,7 +552,9 @@ mod tests {
         let idx = Index::open(d.path(), NET).unwrap();
         let mut stale = BTreeSet::new();
         stale.insert(ip("10.0.0.2"));
+        let stamp = idx.read_stamp().unwrap();
         idx.update([(&Owner::new("c1", "eth0"), &stale)]).unwrap();
+        idx.write_stamp(&stamp).unwrap();
         assert!(trusted_after_open(d.path()));
         assert!(del(d.path(), "c1").is_empty());
         assert!(p.exists());
@@ -684,6 +687,43 @@ mod tests {
         assert_eq!(del(d.path(), "c2"), [ip("10.0.0.3")]);
         assert!(trusted_after_open(d.path()));
         assert_eq!(del(d.path(), "c3"), [ip("10.0.0.4")]);
+    }
+
+    static REWRITES_UNDER_A_STAMP: std::sync::atomic::AtomicUsize =
+        std::sync::atomic::AtomicUsize::new(0);
+
+    fn stamp_check(dir: &Path) {
+        if dir.join("stamp").exists() {
+            REWRITES_UNDER_A_STAMP.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn an_unreadable_bucket_under_a_valid_stamp_is_rebuilt_untrusted() {
+        let d = tempfile::tempdir().unwrap();
+        add(d.path(), "c1").unwrap();
+        add(d.path(), "c2").unwrap();
+        // A bucket goes bad; the directory does not change, so the stamp still matches.
+        let c1 = Owner::new("c1", "eth0");
+        let bucket = Index::open(d.path(), NET).unwrap().bucket_path(&c1);
+        fs::write(&bucket, b"\xff\xfe\n").unwrap();
+        let mut s = open(d.path());
+        assert!(!s.complete, "trusted");
+        s.index.as_mut().unwrap().before_bucket_write = Some(stamp_check);
+        // c1's entry cannot be read: a scan, and a rebuild of the index, follow.
+        assert_eq!(s.ips_of(&c1).unwrap(), [ip("10.0.0.2")]);
+        assert!(s.rebuild);
+        s.close();
+        // A kill during that rewrite must leave no stamp vouching for a torn index.
+        assert_eq!(
+            REWRITES_UNDER_A_STAMP.load(std::sync::atomic::Ordering::SeqCst),
+            0
+        );
+        assert!(trusted_after_open(d.path()));
+        assert_eq!(
+            Index::open(d.path(), NET).unwrap().read(&c1).unwrap(),
+            [ip("10.0.0.2")]
+        );
     }
 
     #[test]

@@ -166,6 +166,10 @@ fn remove_any(path: &Path) -> io::Result<()> {
 #[derive(Debug, Clone)]
 pub struct Index {
     dir: PathBuf,
+    /// Tests: called with the index directory just before each bucket write or removal,
+    /// where a kill would leave the index as it is at that moment.
+    #[cfg(test)]
+    pub before_bucket_write: Option<fn(&Path)>,
 }
 
 impl Index {
@@ -184,8 +188,22 @@ impl Index {
                 log::warn!("restricting {} to {DIR_MODE:o}: {e}", d.display());
             }
         }
-        Ok(Index { dir })
+        Ok(Index {
+            dir,
+            #[cfg(test)]
+            before_bucket_write: None,
+        })
     }
+
+    #[cfg(test)]
+    fn probe(&self) {
+        if let Some(f) = self.before_bucket_write {
+            f(&self.dir);
+        }
+    }
+
+    #[cfg(not(test))]
+    fn probe(&self) {}
 
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -222,7 +240,7 @@ impl Index {
     }
 
     /// Writes in place. No temporary file and rename is needed: the index is untrusted while
-    /// it is written (the network directory's time already moved, and the stamp is written
+    /// buckets are written (the stamp is removed before the first and written after the
     /// last), and truncating to the new length rather than to zero spares ext4's
     /// flush-on-replace heuristics.
     fn write_file(&self, name: &str, data: &[u8]) -> io::Result<()> {
@@ -254,6 +272,7 @@ impl Index {
         if old.unwrap_or("") == text {
             return Ok(());
         }
+        self.probe();
         if text.is_empty() {
             return remove_any(&self.dir.join(name));
         }
@@ -276,11 +295,13 @@ impl Index {
     }
 
     /// Records the addresses of the given owners (an empty set removes the owner), touching
-    /// only their buckets.
+    /// only their buckets. Removes the stamp first, like [`Index::replace_all`]: a bucket is
+    /// never written while a stamp vouches for the index (the caller writes a new one last).
     pub fn update<'a>(
         &self,
         owners: impl IntoIterator<Item = (&'a Owner, &'a BTreeSet<IpAddr>)>,
     ) -> io::Result<()> {
+        self.remove_stamp()?;
         let mut by_bucket: BTreeMap<String, Vec<(String, &BTreeSet<IpAddr>)>> = BTreeMap::new();
         for (owner, ips) in owners {
             let key = key(owner);
@@ -305,12 +326,14 @@ impl Index {
         Ok(())
     }
 
-    /// Replaces the whole index by `owners` (rebuild): every bucket rewritten if it differs,
-    /// buckets nobody maps to any more removed.
+    /// Replaces the whole index by `owners` (rebuild): the stamp removed first (the index may
+    /// have been trusted until now), then every bucket rewritten if it differs and buckets
+    /// nobody maps to any more removed.
     pub fn replace_all<'a>(
         &self,
         owners: impl IntoIterator<Item = (&'a Owner, &'a BTreeSet<IpAddr>)>,
     ) -> io::Result<()> {
+        self.remove_stamp()?;
         let mut buckets: BTreeMap<String, Bucket> = BTreeMap::new();
         for (owner, ips) in owners {
             if ips.is_empty() {
@@ -325,6 +348,7 @@ impl Index {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             if name.starts_with(BUCKET_PREFIX) && !buckets.contains_key(name) {
+                self.probe();
                 remove_any(&entry.path())?;
             }
         }
@@ -334,6 +358,7 @@ impl Index {
                 Ok(old) => old,
                 Err(e) => {
                     log::warn!("replacing the unreadable host-local index bucket {name}: {e}");
+                    self.probe();
                     remove_any(&self.dir.join(name))?;
                     None
                 }
@@ -352,6 +377,7 @@ pub fn open_dir(path: &Path) -> io::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn ips(list: &[&str]) -> BTreeSet<IpAddr> {
         list.iter().map(|s| s.parse().unwrap()).collect()
@@ -455,6 +481,43 @@ mod tests {
         assert_eq!(mode(&idx.dir().join(STAMP)), 0o600);
     }
 
+    static WRITES: AtomicUsize = AtomicUsize::new(0);
+    static WRITES_UNDER_A_STAMP: AtomicUsize = AtomicUsize::new(0);
+
+    fn count_writes(dir: &Path) {
+        WRITES.fetch_add(1, Ordering::SeqCst);
+        if fs::symlink_metadata(dir.join(STAMP)).is_ok() {
+            WRITES_UNDER_A_STAMP.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn no_bucket_is_written_while_a_stamp_vouches_for_the_index() {
+        let d = tempfile::tempdir().unwrap();
+        let mut idx = Index::open(d.path(), "net").unwrap();
+        idx.before_bucket_write = Some(count_writes);
+        let stamp = Stamp {
+            dev: 1,
+            ino: 2,
+            sec: 3,
+            nsec: 4,
+        };
+        let a = Owner::new("a", "eth0");
+        let b = Owner::new("b", "eth0");
+        idx.write_stamp(&stamp).unwrap();
+        idx.update([(&a, &ips(&["10.0.0.2"]))]).unwrap();
+        idx.write_stamp(&stamp).unwrap();
+        idx.replace_all([(&b, &ips(&["10.0.0.3"]))]).unwrap();
+        idx.write_stamp(&stamp).unwrap();
+        idx.update([(&b, &BTreeSet::new())]).unwrap();
+        assert_eq!(WRITES.load(Ordering::SeqCst), 4);
+        assert_eq!(WRITES_UNDER_A_STAMP.load(Ordering::SeqCst), 0);
+        assert!(
+            idx.read_stamp().is_none(),
+            "the caller writes a new one last"
+        );
+    }
+
     #[test]
     fn stamps_round_trip() {
         let d = tempfile::tempdir().unwrap();
@@ -475,7 +538,10 @@ mod tests {
         .unwrap();
         assert_eq!(idx.read_stamp().unwrap().sec, 1_000_000);
         idx.replace_all(std::iter::empty()).unwrap();
-        assert!(idx.read_stamp().is_some(), "rebuild keeps the stamp");
+        assert!(
+            idx.read_stamp().is_none(),
+            "a rebuild starts by removing the stamp"
+        );
         assert_eq!(Stamp::decode("v1 1 2 3"), None);
         assert_eq!(Stamp::decode("v1 1 2 3 4 5"), None);
     }
