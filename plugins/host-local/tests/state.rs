@@ -146,6 +146,20 @@ fn a_crash_is_repaired_by_the_next_call() {
     run("ADD", "c", &c).ok();
     run("DEL", "c", &c).ok();
     assert!(allocations(&netdir).is_empty());
+
+    // Crash 4: killed between staging an allocation file and linking it into place. The
+    // address was never taken, and the next call (here GC) removes the leftover.
+    let staging = idxdir.join("staging");
+    fs::create_dir_all(&staging).unwrap();
+    fs::write(staging.join("99999.0"), "d\r\neth0").unwrap();
+    let mut gc = c.clone();
+    gc["cniVersion"] = json!("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([]);
+    exec(&ours(), "GC", "", "", &gc, &[]).ok();
+    assert_eq!(fs::read_dir(&staging).unwrap().count(), 0);
+    assert_eq!(first_ip(&run("ADD", "d", &c).ok()), "10.92.0.4/24");
+    assert_eq!(fs::read(netdir.join("10.92.0.4")).unwrap(), b"d\r\neth0");
+    assert_eq!(fs::read_dir(&staging).unwrap().count(), 0);
 }
 
 #[test]
