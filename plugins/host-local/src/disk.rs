@@ -7,9 +7,10 @@
 //!
 //! Every invocation works under the lock. It trusts the index only when the index's stamp
 //! matches the network directory; otherwise it scans the directory once and rewrites the
-//! index. After it changed anything it writes the touched index entries, then a fresh stamp,
-//! then sets the directory's modification time to the stamp's (see `sync`). A crash anywhere
-//! in between leaves stamp and directory disagreeing, so the next invocation rebuilds.
+//! index. After it changed anything it removes the stamp, writes the touched index entries,
+//! then a fresh stamp, then sets the directory's modification time to the stamp's (see
+//! `sync`). A crash anywhere in between leaves no stamp or one that disagrees with the
+//! directory, so the next invocation rebuilds.
 
 use crate::allocator::{Owner, Store};
 use crate::index::{self, Index, Stamp};
@@ -25,10 +26,14 @@ use std::io::{self, Write};
 use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const LAST_RESERVED: &str = "last_reserved_ip.";
 const LOCK: &str = "lock";
+/// Where allocation files are written before they are linked into the network directory:
+/// inside the index directory (same filesystem, invisible to the reference).
+const STAGING: &str = "staging";
 
 /// The name of an allocation file if `name` is one: an address in its canonical spelling.
 fn allocation_name(name: &str) -> Option<IpAddr> {
@@ -73,8 +78,23 @@ pub struct DiskStore {
     rebuild: bool,
     /// We created or removed files in the network directory.
     modified: bool,
+    /// Where allocation files are staged (see [`STAGING`]); `None` writes them in place.
+    staging: Option<PathBuf>,
     /// Released after `sync` (fields drop after `Drop::drop`).
     _lock: LockGuard,
+    /// Tests: where `reserve` stops as if the process were killed.
+    #[cfg(test)]
+    kill_at: Option<KillPoint>,
+}
+
+/// Tests: the points of `reserve` a kill can fall between.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KillPoint {
+    /// The content is written, not yet visible as an allocation file.
+    Staged,
+    /// The allocation file is in place, the staged copy not yet removed.
+    Linked,
 }
 
 impl DiskStore {
@@ -99,12 +119,16 @@ impl DiskStore {
                 .with_io_context(|| format!("creating {}", dir.display()))?;
         }
         let guard = lock::lock(&dir.join(LOCK), timeout)?;
-        let index = match Index::open(data_dir, network) {
-            Ok(i) if i.unsupported() => None,
-            Ok(i) => Some(i),
+        let (index, staging) = match Index::open(data_dir, network) {
+            Ok(i) => {
+                let staging = i.dir().join(STAGING);
+                // Under the lock nobody else stages here: anything left is from a kill.
+                clean_staging(&staging);
+                ((!i.unsupported()).then_some(i), Some(staging))
+            }
             Err(e) => {
                 log::warn!("host-local index for {network} unusable, scanning instead: {e}");
-                None
+                (None, None)
             }
         };
         let mut store = DiskStore {
@@ -115,7 +139,10 @@ impl DiskStore {
             dirty: BTreeSet::new(),
             rebuild: false,
             modified: false,
+            staging,
             _lock: guard,
+            #[cfg(test)]
+            kill_at: None,
         };
         if !store.index_trusted()? {
             store.scan_all()?;
@@ -164,14 +191,30 @@ impl DiskStore {
             match listed {
                 Ok(ips) => {
                     let mut held = BTreeSet::new();
+                    let mut checked = Ok(());
                     for ip in ips {
-                        if self.holder(ip)?.as_ref() == Some(owner) {
-                            held.insert(ip);
-                        } else {
-                            self.dirty.insert(owner.clone());
+                        match self.holder(ip) {
+                            Ok(h) if h.as_ref() == Some(owner) => {
+                                held.insert(ip);
+                            }
+                            Ok(_) => {
+                                self.dirty.insert(owner.clone());
+                            }
+                            Err(e) => {
+                                checked = Err(e);
+                                break;
+                            }
                         }
                     }
-                    self.cache.insert(owner.clone(), held);
+                    match checked {
+                        Ok(()) => {
+                            self.cache.insert(owner.clone(), held);
+                        }
+                        Err(e) => {
+                            log::warn!("checking the host-local index, scanning instead: {e}");
+                            self.scan_all()?;
+                        }
+                    }
                 }
                 Err(e) => {
                     log::warn!("reading the host-local index, scanning instead: {e}");
@@ -192,14 +235,28 @@ impl DiskStore {
         f.write_all(ip.to_string().as_bytes())
     }
 
-    /// Brings the index in line with the directory and stamps both (see the module docs).
-    fn sync(&mut self) -> Result<()> {
-        let Some(index) = &self.index else {
-            return Ok(());
-        };
+    /// Brings the index in line with the directory and stamps both (see the module docs), at
+    /// most once per change. The index is only a cache: when that fails the allocation files
+    /// are still right, so it warns, removes the stamp (the next call rebuilds) and carries on.
+    fn sync(&mut self) {
         if !self.modified && !self.rebuild {
-            return Ok(());
+            return;
         }
+        let Some(index) = &self.index else {
+            return;
+        };
+        if let Err(e) = self.write_index(index) {
+            log::warn!("updating the host-local index (the next call rebuilds it): {e}");
+            if let Err(e) = index.remove_stamp() {
+                log::warn!("removing the host-local index stamp: {e}");
+            }
+        }
+        self.rebuild = false;
+        self.modified = false;
+        self.dirty.clear();
+    }
+
+    fn write_index(&self, index: &Index) -> Result<()> {
         let written = if self.rebuild {
             index.replace_all(self.cache.iter())
         } else {
@@ -246,22 +303,139 @@ impl DiskStore {
                 .mark_unsupported()
                 .io_context("disabling the host-local index")?;
         }
-        self.rebuild = false;
-        self.modified = false;
-        self.dirty.clear();
         Ok(())
     }
 
-    /// Finishes the invocation: index and stamp written, lock released.
-    pub fn close(mut self) -> Result<()> {
-        self.sync()
+    /// Finishes the invocation: index and stamp written (best effort), lock released.
+    pub fn close(mut self) {
+        self.sync();
     }
 }
 
 impl Drop for DiskStore {
     fn drop(&mut self) {
-        if let Err(e) = self.sync() {
-            log::warn!("updating the host-local index (the next call rebuilds it): {e}");
+        self.sync();
+    }
+}
+
+impl DiskStore {
+    /// Creates the allocation file `path` holding `content` unless it exists (`Ok(false)`).
+    /// The file appears complete or not at all: it is written under [`STAGING`] and
+    /// hard-linked into place (the link fails if the name is taken), so a kill never leaves
+    /// an empty or partial allocation file. Where that is impossible (no staging directory,
+    /// another filesystem, no hard links) it is written in place, as the reference does.
+    fn create_allocation(&mut self, path: &Path, content: &[u8]) -> Result<bool> {
+        if let Some(staging) = self.staging.clone() {
+            match stage(&staging, content) {
+                Ok(tmp) => {
+                    #[cfg(test)]
+                    if self.kill_at == Some(KillPoint::Staged) {
+                        return Err(Error::internal("killed"));
+                    }
+                    let linked = fs::hard_link(&tmp, path);
+                    #[cfg(test)]
+                    if linked.is_ok() && self.kill_at == Some(KillPoint::Linked) {
+                        return Err(Error::internal("killed"));
+                    }
+                    if let Err(e) = fs::remove_file(&tmp) {
+                        log::warn!("removing {} (the next call does): {e}", tmp.display());
+                    }
+                    match linked {
+                        Ok(()) => return Ok(true),
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+                        Err(e) => log::warn!(
+                            "linking {} into place, writing it in place instead: {e}",
+                            path.display()
+                        ),
+                    }
+                }
+                Err(e) => log::warn!(
+                    "staging {} in {}, writing it in place instead: {e}",
+                    path.display(),
+                    staging.display()
+                ),
+            }
+            self.staging = None;
+        }
+        let mut file = match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(Error::io(format!("creating {}", path.display()), e)),
+        };
+        if let Err(e) = file.write_all(content) {
+            drop(file);
+            let _ = fs::remove_file(path);
+            return Err(Error::io(format!("writing {}", path.display()), e));
+        }
+        Ok(true)
+    }
+}
+
+/// A unique staging file name for this process.
+fn staging_name() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}.{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Writes `content` to a new file (0600) in `staging`, created if missing.
+fn stage(staging: &Path, content: &[u8]) -> io::Result<PathBuf> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(staging)?;
+    let tmp = staging.join(staging_name());
+    let create = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+    };
+    let mut file = match create() {
+        // Left by an earlier process with this pid: never truncate it (it may be linked as
+        // an allocation file), replace the name.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            fs::remove_file(&tmp)?;
+            create()?
+        }
+        other => other?,
+    };
+    if let Err(e) = file.write_all(content) {
+        drop(file);
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(tmp)
+}
+
+/// Removes what a killed invocation left in `staging` (best effort).
+fn clean_staging(staging: &Path) {
+    let entries = match fs::read_dir(staging) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+        Err(e) => {
+            log::warn!("listing {}: {e}", staging.display());
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        if let Err(e) = removed {
+            log::warn!("removing the stale {}: {e}", path.display());
         }
     }
 }
@@ -269,23 +443,10 @@ impl Drop for DiskStore {
 impl Store for DiskStore {
     fn reserve(&mut self, owner: &Owner, ip: IpAddr, set: usize) -> Result<bool> {
         let path = self.path(ip);
-        let mut file = match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
-            Err(e) => return Err(Error::io(format!("creating {}", path.display()), e)),
-        };
-        self.modified = true;
-        if let Err(e) = file.write_all(owner.content().as_bytes()) {
-            drop(file);
-            let _ = fs::remove_file(&path);
-            return Err(Error::io(format!("writing {}", path.display()), e));
+        if !self.create_allocation(&path, owner.content().as_bytes())? {
+            return Ok(false);
         }
-        drop(file);
+        self.modified = true;
         self.entry(owner)?.insert(ip);
         self.dirty.insert(owner.clone());
         if let Err(e) = self.write_last_reserved(set, ip) {
@@ -417,14 +578,14 @@ mod tests {
     fn add(d: &Path, cid: &str) -> Result<IpAddr> {
         let mut s = open(d);
         let r = allocator::allocate_all(&mut s, &sets(), cid, "eth0", &[]);
-        s.close()?;
+        s.close();
         r.map(|c| c[0].address.ip())
     }
 
     fn del(d: &Path, cid: &str) -> Vec<IpAddr> {
         let mut s = open(d);
         let r = allocator::release_attachment(&mut s, cid, "eth0").unwrap();
-        s.close().unwrap();
+        s.close();
         r
     }
 
@@ -526,7 +687,9 @@ mod tests {
         let idx = Index::open(d.path(), NET).unwrap();
         let mut stale = BTreeSet::new();
         stale.insert(ip("10.0.0.2"));
+        let stamp = idx.read_stamp().unwrap();
         idx.update([(&Owner::new("c1", "eth0"), &stale)]).unwrap();
+        idx.write_stamp(&stamp).unwrap();
         assert!(trusted_after_open(d.path()));
         assert!(del(d.path(), "c1").is_empty());
         assert!(p.exists());
@@ -588,7 +751,7 @@ mod tests {
             let a = {
                 let mut s = open(d.path());
                 let r = allocator::allocate_all(&mut s, &sets, &cid, "eth0", &[]).unwrap();
-                s.close().unwrap();
+                s.close();
                 r
             };
             let b = allocator::allocate_all(&mut mem, &sets, &cid, "eth0", &[]).unwrap();
@@ -619,7 +782,7 @@ mod tests {
         }];
         let mut s = open(d.path());
         let mut freed = allocator::gc(&mut s, &valid).unwrap();
-        s.close().unwrap();
+        s.close();
         freed.sort();
         assert_eq!(freed, [ip("10.0.0.2"), ip("10.0.0.4")]);
         assert!(trusted_after_open(d.path()));
@@ -629,6 +792,163 @@ mod tests {
             idx.read(&Owner::new("b", "eth0")).unwrap(),
             [ip("10.0.0.3")]
         );
+    }
+
+    #[test]
+    fn an_index_that_cannot_be_written_costs_nothing_but_time() {
+        let d = tempfile::tempdir().unwrap();
+        add(d.path(), "c1").unwrap();
+        // Every index write fails from here on (as on a full or read-only filesystem): the
+        // index directory becomes a file under the open store's feet.
+        let idxdir = d.path().join(index::INDEX_ROOT).join(NET);
+        let mut s = open(d.path());
+        fs::remove_dir_all(&idxdir).unwrap();
+        fs::write(&idxdir, "").unwrap();
+        let r = allocator::allocate_all(&mut s, &sets(), "c2", "eth0", &[]).unwrap();
+        s.close();
+        assert_eq!(r[0].address.ip(), ip("10.0.0.3"));
+        assert_eq!(
+            fs::read(d.path().join(NET).join("10.0.0.3")).unwrap(),
+            b"c2\r\neth0"
+        );
+        // Later calls scan instead, and see every allocation.
+        assert!(!trusted_after_open(d.path()));
+        let e = add(d.path(), "c2").unwrap_err();
+        assert!(e.to_string().contains("duplicate"), "{e}");
+        assert_eq!(del(d.path(), "c1"), [ip("10.0.0.2")]);
+        assert_eq!(add(d.path(), "c3").unwrap(), ip("10.0.0.4"));
+        // Once the damage is gone the index comes back.
+        fs::remove_file(&idxdir).unwrap();
+        assert_eq!(del(d.path(), "c2"), [ip("10.0.0.3")]);
+        assert!(trusted_after_open(d.path()));
+        assert_eq!(del(d.path(), "c3"), [ip("10.0.0.4")]);
+    }
+
+    static REWRITES_UNDER_A_STAMP: std::sync::atomic::AtomicUsize =
+        std::sync::atomic::AtomicUsize::new(0);
+
+    fn stamp_check(dir: &Path) {
+        if dir.join("stamp").exists() {
+            REWRITES_UNDER_A_STAMP.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn an_unreadable_bucket_under_a_valid_stamp_is_rebuilt_untrusted() {
+        let d = tempfile::tempdir().unwrap();
+        add(d.path(), "c1").unwrap();
+        add(d.path(), "c2").unwrap();
+        // A bucket goes bad; the directory does not change, so the stamp still matches.
+        let c1 = Owner::new("c1", "eth0");
+        let bucket = Index::open(d.path(), NET).unwrap().bucket_path(&c1);
+        fs::write(&bucket, b"\xff\xfe\n").unwrap();
+        let mut s = open(d.path());
+        assert!(!s.complete, "trusted");
+        s.index.as_mut().unwrap().before_bucket_write = Some(stamp_check);
+        // c1's entry cannot be read: a scan, and a rebuild of the index, follow.
+        assert_eq!(s.ips_of(&c1).unwrap(), [ip("10.0.0.2")]);
+        assert!(s.rebuild);
+        s.close();
+        // A kill during that rewrite must leave no stamp vouching for a torn index.
+        assert_eq!(
+            REWRITES_UNDER_A_STAMP.load(std::sync::atomic::Ordering::SeqCst),
+            0
+        );
+        assert!(trusted_after_open(d.path()));
+        assert_eq!(
+            Index::open(d.path(), NET).unwrap().read(&c1).unwrap(),
+            [ip("10.0.0.2")]
+        );
+    }
+
+    #[test]
+    fn a_kill_while_reserving_leaves_no_empty_allocation_file() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(add(d.path(), "c1").unwrap(), ip("10.0.0.2"));
+        let netdir = d.path().join(NET);
+        let staging = d.path().join(index::INDEX_ROOT).join(NET).join(STAGING);
+        let killed = |point: KillPoint, cid: &str, at: &str| {
+            let mut s = open(d.path());
+            s.kill_at = Some(point);
+            assert!(s.reserve(&Owner::new(cid, "eth0"), ip(at), 0).is_err());
+            s.index = None; // killed: nothing else runs
+        };
+        // Killed before the allocation file is in place: the network directory is untouched.
+        let before = fs::read_dir(&netdir).unwrap().count();
+        killed(KillPoint::Staged, "c2", "10.0.0.3");
+        assert!(!netdir.join("10.0.0.3").exists());
+        assert_eq!(fs::read_dir(&netdir).unwrap().count(), before);
+        // The next call removes the staged file, and the address is free.
+        assert_eq!(add(d.path(), "c2").unwrap(), ip("10.0.0.3"));
+        assert_eq!(fs::read_dir(&staging).unwrap().count(), 0);
+
+        // Killed after the allocation file is in place: it is complete, and DEL frees it.
+        killed(KillPoint::Linked, "c3", "10.0.0.4");
+        assert_eq!(fs::read(netdir.join("10.0.0.4")).unwrap(), b"c3\r\neth0");
+        assert_eq!(
+            fs::metadata(netdir.join("10.0.0.4")).unwrap().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(del(d.path(), "c3"), [ip("10.0.0.4")]);
+        assert_eq!(fs::read_dir(&staging).unwrap().count(), 0);
+        // Nothing of the staging shows in the network directory.
+        let names: BTreeSet<String> = fs::read_dir(&netdir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["10.0.0.2", "10.0.0.3", "last_reserved_ip.0", "lock"]
+                .map(String::from)
+                .into()
+        );
+    }
+
+    #[test]
+    fn empty_allocation_files_are_never_handed_out_and_gc_frees_them() {
+        // Left by a kill of an older version (or of the reference) between create and write.
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join(NET)).unwrap();
+        reference_reserve(d.path(), "10.0.0.2", "");
+        reference_reserve(d.path(), "10.0.0.3", "\n");
+        assert_eq!(add(d.path(), "c1").unwrap(), ip("10.0.0.4"));
+        assert_eq!(del(d.path(), "c1"), [ip("10.0.0.4")]);
+        assert_eq!(add(d.path(), "c1").unwrap(), ip("10.0.0.5"));
+        let mut s = open(d.path());
+        assert!(s.is_taken(ip("10.0.0.2")).unwrap());
+        let valid = vec![common::spec::Attachment {
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+        }];
+        let mut freed = allocator::gc(&mut s, &valid).unwrap();
+        s.close();
+        freed.sort();
+        assert_eq!(freed, [ip("10.0.0.2"), ip("10.0.0.3")], "no owner: freed");
+        assert!(d.path().join(NET).join("10.0.0.5").exists());
+        assert_eq!(add(d.path(), "c2").unwrap(), ip("10.0.0.6"));
+    }
+
+    #[test]
+    fn without_staging_allocation_files_are_written_in_place() {
+        let d = tempfile::tempdir().unwrap();
+        add(d.path(), "c1").unwrap();
+        let staging = d.path().join(index::INDEX_ROOT).join(NET).join(STAGING);
+        fs::remove_dir_all(&staging).unwrap();
+        fs::write(&staging, "in the way").unwrap();
+        assert_eq!(add(d.path(), "c2").unwrap(), ip("10.0.0.3"));
+        assert_eq!(
+            fs::read(d.path().join(NET).join("10.0.0.3")).unwrap(),
+            b"c2\r\neth0"
+        );
+        assert_eq!(
+            fs::metadata(d.path().join(NET).join("10.0.0.3"))
+                .unwrap()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        assert!(add(d.path(), "c2").is_err(), "duplicate");
+        assert_eq!(del(d.path(), "c2"), [ip("10.0.0.3")]);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The directory under `dataDir` that holds the indexes of all networks.
@@ -136,22 +136,74 @@ fn line(key: &str, ips: &BTreeSet<IpAddr>) -> String {
     l
 }
 
+const DIR_MODE: u32 = 0o700;
+const FILE_MODE: u32 = 0o600;
+
+/// Takes group and other permissions away from `path` if it has any.
+fn restrict(path: &Path, mode: u32) -> io::Result<()> {
+    let meta = fs::symlink_metadata(path)?;
+    if meta.mode() & 0o077 != 0 && !meta.file_type().is_symlink() {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+/// Removes a file, or a directory with everything in it, that may not exist. Only ever used
+/// on our own index's entries, where a directory can only be damage.
+fn remove_any(path: &Path) -> io::Result<()> {
+    let removed = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match removed {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// One network's index directory.
 #[derive(Debug, Clone)]
 pub struct Index {
     dir: PathBuf,
+    /// Tests: called with the index directory just before each bucket write or removal,
+    /// where a kill would leave the index as it is at that moment.
+    #[cfg(test)]
+    pub before_bucket_write: Option<fn(&Path)>,
 }
 
 impl Index {
-    /// Opens (creating) the index of `network` under `data_dir`.
+    /// Opens (creating) the index of `network` under `data_dir`. The index names every
+    /// container with its addresses, so it is private to the owner (directories 0700, files
+    /// 0600); directories left more open by older versions are closed here.
     pub fn open(data_dir: &Path, network: &str) -> io::Result<Index> {
-        let dir = data_dir.join(INDEX_ROOT).join(network);
+        let root = data_dir.join(INDEX_ROOT);
+        let dir = root.join(network);
         fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o755)
+            .mode(DIR_MODE)
             .create(&dir)?;
-        Ok(Index { dir })
+        for d in [&root, &dir] {
+            if let Err(e) = restrict(d, DIR_MODE) {
+                log::warn!("restricting {} to {DIR_MODE:o}: {e}", d.display());
+            }
+        }
+        Ok(Index {
+            dir,
+            #[cfg(test)]
+            before_bucket_write: None,
+        })
     }
+
+    #[cfg(test)]
+    fn probe(&self) {
+        if let Some(f) = self.before_bucket_write {
+            f(&self.dir);
+        }
+    }
+
+    #[cfg(not(test))]
+    fn probe(&self) {}
 
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -169,7 +221,7 @@ impl Index {
 
     pub fn mark_unsupported(&self) -> io::Result<()> {
         let _ = fs::remove_file(self.dir.join(STAMP));
-        fs::write(self.dir.join(UNSUPPORTED), b"")
+        self.write_file(UNSUPPORTED, b"")
     }
 
     pub fn read_stamp(&self) -> Option<Stamp> {
@@ -178,11 +230,9 @@ impl Index {
             .and_then(|s| Stamp::decode(&s))
     }
 
+    /// Removes the stamp, whatever is in its place: the index is untrusted from here on.
     pub fn remove_stamp(&self) -> io::Result<()> {
-        match fs::remove_file(self.dir.join(STAMP)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        remove_any(&self.dir.join(STAMP))
     }
 
     pub fn write_stamp(&self, stamp: &Stamp) -> io::Result<()> {
@@ -190,7 +240,7 @@ impl Index {
     }
 
     /// Writes in place. No temporary file and rename is needed: the index is untrusted while
-    /// it is written (the network directory's time already moved, and the stamp is written
+    /// buckets are written (the stamp is removed before the first and written after the
     /// last), and truncating to the new length rather than to zero spares ext4's
     /// flush-on-replace heuristics.
     fn write_file(&self, name: &str, data: &[u8]) -> io::Result<()> {
@@ -198,8 +248,12 @@ impl Index {
             .write(true)
             .create(true)
             .truncate(false)
-            .mode(0o644)
+            .mode(FILE_MODE)
             .open(self.dir.join(name))?;
+        // A file an older version created 0644.
+        if f.metadata()?.mode() & 0o077 != 0 {
+            f.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
+        }
         f.write_all(data)?;
         f.set_len(u64::try_from(data.len()).unwrap_or(u64::MAX))
     }
@@ -218,11 +272,9 @@ impl Index {
         if old.unwrap_or("") == text {
             return Ok(());
         }
+        self.probe();
         if text.is_empty() {
-            return match fs::remove_file(self.dir.join(name)) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
-            };
+            return remove_any(&self.dir.join(name));
         }
         self.write_file(name, text.as_bytes())
     }
@@ -243,11 +295,13 @@ impl Index {
     }
 
     /// Records the addresses of the given owners (an empty set removes the owner), touching
-    /// only their buckets.
+    /// only their buckets. Removes the stamp first, like [`Index::replace_all`]: a bucket is
+    /// never written while a stamp vouches for the index (the caller writes a new one last).
     pub fn update<'a>(
         &self,
         owners: impl IntoIterator<Item = (&'a Owner, &'a BTreeSet<IpAddr>)>,
     ) -> io::Result<()> {
+        self.remove_stamp()?;
         let mut by_bucket: BTreeMap<String, Vec<(String, &BTreeSet<IpAddr>)>> = BTreeMap::new();
         for (owner, ips) in owners {
             let key = key(owner);
@@ -272,12 +326,14 @@ impl Index {
         Ok(())
     }
 
-    /// Replaces the whole index by `owners` (rebuild): every bucket rewritten if it differs,
-    /// buckets nobody maps to any more removed.
+    /// Replaces the whole index by `owners` (rebuild): the stamp removed first (the index may
+    /// have been trusted until now), then every bucket rewritten if it differs and buckets
+    /// nobody maps to any more removed.
     pub fn replace_all<'a>(
         &self,
         owners: impl IntoIterator<Item = (&'a Owner, &'a BTreeSet<IpAddr>)>,
     ) -> io::Result<()> {
+        self.remove_stamp()?;
         let mut buckets: BTreeMap<String, Bucket> = BTreeMap::new();
         for (owner, ips) in owners {
             if ips.is_empty() {
@@ -292,11 +348,21 @@ impl Index {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             if name.starts_with(BUCKET_PREFIX) && !buckets.contains_key(name) {
-                fs::remove_file(entry.path())?;
+                self.probe();
+                remove_any(&entry.path())?;
             }
         }
         for (name, bucket) in &buckets {
-            let old = self.read_bucket(name)?;
+            // A bucket that cannot be read (not UTF-8, a directory, ..) is replaced.
+            let old = match self.read_bucket(name) {
+                Ok(old) => old,
+                Err(e) => {
+                    log::warn!("replacing the unreadable host-local index bucket {name}: {e}");
+                    self.probe();
+                    remove_any(&self.dir.join(name))?;
+                    None
+                }
+            };
             self.store_bucket(name, old.as_deref(), &render_bucket(bucket))?;
         }
         Ok(())
@@ -311,6 +377,7 @@ pub fn open_dir(path: &Path) -> io::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn ips(list: &[&str]) -> BTreeSet<IpAddr> {
         list.iter().map(|s| s.parse().unwrap()).collect()
@@ -364,6 +431,93 @@ mod tests {
         assert_eq!(fs::read_dir(idx.dir()).unwrap().count(), 0);
     }
 
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().mode() & 0o777
+    }
+
+    #[test]
+    fn the_index_is_private() {
+        let d = tempfile::tempdir().unwrap();
+        let idx = Index::open(d.path(), "net").unwrap();
+        let a = Owner::new("c1", "eth0");
+        idx.update([(&a, &ips(&["10.0.0.2"]))]).unwrap();
+        idx.write_stamp(&Stamp {
+            dev: 1,
+            ino: 2,
+            sec: 3,
+            nsec: 4,
+        })
+        .unwrap();
+        idx.mark_unsupported().unwrap();
+        assert_eq!(mode(&d.path().join(INDEX_ROOT)), 0o700);
+        assert_eq!(mode(idx.dir()), 0o700);
+        assert_eq!(mode(&idx.bucket_path(&a)), 0o600);
+        assert_eq!(mode(&idx.dir().join(UNSUPPORTED)), 0o600);
+
+        // An index left world-readable by an older version is closed on the next open.
+        let d = tempfile::tempdir().unwrap();
+        let idx = Index::open(d.path(), "net").unwrap();
+        idx.write_stamp(&Stamp {
+            dev: 1,
+            ino: 2,
+            sec: 3,
+            nsec: 4,
+        })
+        .unwrap();
+        for p in [d.path().join(INDEX_ROOT), idx.dir().to_path_buf()] {
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        fs::set_permissions(idx.dir().join(STAMP), fs::Permissions::from_mode(0o644)).unwrap();
+        let idx = Index::open(d.path(), "net").unwrap();
+        assert_eq!(mode(&d.path().join(INDEX_ROOT)), 0o700);
+        assert_eq!(mode(idx.dir()), 0o700);
+        idx.write_stamp(&Stamp {
+            dev: 1,
+            ino: 2,
+            sec: 3,
+            nsec: 5,
+        })
+        .unwrap();
+        assert_eq!(mode(&idx.dir().join(STAMP)), 0o600);
+    }
+
+    static WRITES: AtomicUsize = AtomicUsize::new(0);
+    static WRITES_UNDER_A_STAMP: AtomicUsize = AtomicUsize::new(0);
+
+    fn count_writes(dir: &Path) {
+        WRITES.fetch_add(1, Ordering::SeqCst);
+        if fs::symlink_metadata(dir.join(STAMP)).is_ok() {
+            WRITES_UNDER_A_STAMP.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn no_bucket_is_written_while_a_stamp_vouches_for_the_index() {
+        let d = tempfile::tempdir().unwrap();
+        let mut idx = Index::open(d.path(), "net").unwrap();
+        idx.before_bucket_write = Some(count_writes);
+        let stamp = Stamp {
+            dev: 1,
+            ino: 2,
+            sec: 3,
+            nsec: 4,
+        };
+        let a = Owner::new("a", "eth0");
+        let b = Owner::new("b", "eth0");
+        idx.write_stamp(&stamp).unwrap();
+        idx.update([(&a, &ips(&["10.0.0.2"]))]).unwrap();
+        idx.write_stamp(&stamp).unwrap();
+        idx.replace_all([(&b, &ips(&["10.0.0.3"]))]).unwrap();
+        idx.write_stamp(&stamp).unwrap();
+        idx.update([(&b, &BTreeSet::new())]).unwrap();
+        assert_eq!(WRITES.load(Ordering::SeqCst), 4);
+        assert_eq!(WRITES_UNDER_A_STAMP.load(Ordering::SeqCst), 0);
+        assert!(
+            idx.read_stamp().is_none(),
+            "the caller writes a new one last"
+        );
+    }
+
     #[test]
     fn stamps_round_trip() {
         let d = tempfile::tempdir().unwrap();
@@ -384,7 +538,10 @@ mod tests {
         .unwrap();
         assert_eq!(idx.read_stamp().unwrap().sec, 1_000_000);
         idx.replace_all(std::iter::empty()).unwrap();
-        assert!(idx.read_stamp().is_some(), "rebuild keeps the stamp");
+        assert!(
+            idx.read_stamp().is_none(),
+            "a rebuild starts by removing the stamp"
+        );
         assert_eq!(Stamp::decode("v1 1 2 3"), None);
         assert_eq!(Stamp::decode("v1 1 2 3 4 5"), None);
     }

@@ -54,7 +54,7 @@ impl Plugin for HostLocal {
             &args.ifname,
             &requested,
         )?;
-        store.close()?;
+        store.close();
         Ok(CniResult {
             interfaces: Vec::new(),
             ips,
@@ -69,7 +69,8 @@ impl Plugin for HostLocal {
             return Ok(());
         };
         allocator::release_attachment(&mut store, &args.container_id, &args.ifname)?;
-        store.close()
+        store.close();
+        Ok(())
     }
 
     fn check(&self, args: &CmdArgs) -> Result<()> {
@@ -99,7 +100,8 @@ impl Plugin for HostLocal {
                 }
             }
         }
-        store.close()
+        store.close();
+        Ok(())
     }
 
     fn gc(&self, args: &CmdArgs) -> Result<()> {
@@ -109,7 +111,7 @@ impl Plugin for HostLocal {
             return Ok(());
         };
         let freed = allocator::gc(&mut store, &valid);
-        let closed = store.close();
+        store.close();
         let freed = freed?;
         if !freed.is_empty() {
             log::info!(
@@ -121,7 +123,7 @@ impl Plugin for HostLocal {
                     .join(" ")
             );
         }
-        closed
+        Ok(())
     }
 
     fn status(&self, args: &CmdArgs) -> Result<()> {

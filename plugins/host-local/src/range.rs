@@ -99,7 +99,17 @@ impl Range {
         };
         let end = match end.map(canonical) {
             // IPv4 leaves out the broadcast address; IPv6 has none.
-            None => from_u128(if network.is_ipv4() { last - 1 } else { last }, network),
+            None => {
+                let end = from_u128(if network.is_ipv4() { last - 1 } else { last }, network);
+                // Only a start past the default end gets here (the broadcast address of an
+                // IPv4 subnet): the pool would be that one wrong address.
+                if to_u128(start) > to_u128(end) {
+                    return Err(format!(
+                        "rangeStart {start} is after rangeEnd {end} (the default: the last address of network {subnet} before its broadcast address); set rangeStart to {end} or earlier"
+                    ));
+                }
+                end
+            }
             Some(e) => {
                 check_in_subnet(e, subnet)?;
                 if to_u128(e) < to_u128(start) {
@@ -319,6 +329,20 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("before rangeStart"), "{e}");
+    }
+
+    #[test]
+    fn a_start_after_the_default_end_is_refused() {
+        // The default rangeEnd of 10.0.0.0/8 is 10.255.255.254: a start on the broadcast
+        // address would make it the only (and a wrong) candidate.
+        let e = Range::new(net("10.0.0.0/8"), Some(ip("10.255.255.255")), None, None).unwrap_err();
+        assert!(e.contains("after rangeEnd 10.255.255.254"), "{e}");
+        assert!(e.contains("broadcast"), "{e}");
+        let r = Range::new(net("10.0.0.0/8"), Some(ip("10.255.255.254")), None, None).unwrap();
+        assert_eq!(r.start, r.end);
+        // IPv6 has no broadcast address: its last address is a valid start.
+        let r = Range::new(net("fd00::/120"), Some(ip("fd00::ff")), None, None).unwrap();
+        assert_eq!(r.end, ip("fd00::ff"));
     }
 
     #[test]

@@ -146,6 +146,20 @@ fn a_crash_is_repaired_by_the_next_call() {
     run("ADD", "c", &c).ok();
     run("DEL", "c", &c).ok();
     assert!(allocations(&netdir).is_empty());
+
+    // Crash 4: killed between staging an allocation file and linking it into place. The
+    // address was never taken, and the next call (here GC) removes the leftover.
+    let staging = idxdir.join("staging");
+    fs::create_dir_all(&staging).unwrap();
+    fs::write(staging.join("99999.0"), "d\r\neth0").unwrap();
+    let mut gc = c.clone();
+    gc["cniVersion"] = json!("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([]);
+    exec(&ours(), "GC", "", "", &gc, &[]).ok();
+    assert_eq!(fs::read_dir(&staging).unwrap().count(), 0);
+    assert_eq!(first_ip(&run("ADD", "d", &c).ok()), "10.92.0.4/24");
+    assert_eq!(fs::read(netdir.join("10.92.0.4")).unwrap(), b"d\r\neth0");
+    assert_eq!(fs::read_dir(&staging).unwrap().count(), 0);
 }
 
 #[test]
@@ -193,6 +207,12 @@ fn hostile_input_is_refused_without_touching_anything() {
         let r = run("ADD", "x", &net(d.path(), "hostile", subnet));
         assert_eq!(r.err_code(), 7, "{subnet}: {}", r.stdout);
     }
+    // A rangeStart after the default rangeEnd (the broadcast address) is a config error.
+    let mut c = good.clone();
+    c["ipam"]["ranges"] = json!([[{"subnet":"10.0.0.0/8","rangeStart":"10.255.255.255"}]]);
+    let r = run("ADD", "x", &c);
+    assert_eq!(r.err_code(), 7, "{}", r.stdout);
+    assert!(r.stdout.contains("after rangeEnd"), "{}", r.stdout);
     for name in ["../escape", "a/b", "..", ".hidden"] {
         let mut c = good.clone();
         c["name"] = json!(name);
@@ -290,4 +310,63 @@ fn ours_and_the_reference_share_a_data_dir() {
     exec(&ours(), "CHECK", "c3", "eth0", &c, &[]).ok();
     run("DEL", "c3", &c).ok();
     assert!(allocations(&netdir).is_empty());
+}
+
+/// The bucket file that lists `key` (e.g. `a:eth0`).
+fn bucket_listing(idxdir: &Path, key: &str) -> std::path::PathBuf {
+    buckets(idxdir)
+        .into_iter()
+        .find(|b| {
+            fs::read_to_string(b)
+                .unwrap()
+                .lines()
+                .any(|l| l.split(' ').next() == Some(key))
+        })
+        .unwrap_or_else(|| panic!("no bucket lists {key}"))
+}
+
+#[test]
+fn a_broken_index_never_fails_a_call() {
+    let d = tempfile::tempdir().unwrap();
+    let netdir = d.path().join("broken");
+    let idxdir = d.path().join(".cnirs-index").join("broken");
+    let c = net(d.path(), "broken", "10.96.0.0/24");
+    assert_eq!(first_ip(&run("ADD", "a", &c).ok()), "10.96.0.2/24");
+
+    // The stamp replaced by a (non-empty) directory: it cannot be read nor written as a file.
+    fs::remove_file(idxdir.join("stamp")).unwrap();
+    fs::create_dir_all(idxdir.join("stamp").join("junk")).unwrap();
+    assert_eq!(first_ip(&run("ADD", "b", &c).ok()), "10.96.0.3/24");
+    let r = run("ADD", "a", &c);
+    assert!(r.stdout.contains("duplicate allocation"), "{}", r.stdout);
+    run("DEL", "b", &c).ok();
+    assert_eq!(allocations(&netdir), ["10.96.0.2"]);
+
+    // A bucket that is not UTF-8, under a stamp that still matches.
+    let b = bucket_listing(&idxdir, "a:eth0");
+    fs::write(&b, b"a:eth0 10.96.0.2\n\xff\xfe\n").unwrap();
+    let r = run("ADD", "a", &c);
+    assert!(r.stdout.contains("duplicate allocation"), "{}", r.stdout);
+    fs::write(&b, b"\xff\xfe\n").unwrap();
+    run("DEL", "a", &c).ok();
+    assert!(allocations(&netdir).is_empty());
+
+    // A bucket replaced by a directory.
+    assert_eq!(first_ip(&run("ADD", "a", &c).ok()), "10.96.0.4/24");
+    let b = bucket_listing(&idxdir, "a:eth0");
+    fs::remove_file(&b).unwrap();
+    fs::create_dir_all(b.join("junk")).unwrap();
+    assert_eq!(first_ip(&run("ADD", "c", &c).ok()), "10.96.0.5/24");
+    run("DEL", "a", &c).ok();
+    assert_eq!(allocations(&netdir), ["10.96.0.5"]);
+    let mut gc = c.clone();
+    gc["cniVersion"] = json!("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([]);
+    exec(&ours(), "GC", "", "", &gc, &[]).ok();
+    assert!(allocations(&netdir).is_empty());
+
+    // Every call above repaired what it could: the index is whole and trusted again.
+    assert!(idxdir.join("stamp").is_file());
+    assert_eq!(first_ip(&run("ADD", "z", &c).ok()), "10.96.0.6/24");
+    assert!(index_lists(&idxdir, "z:eth0 10.96.0.6"));
 }
