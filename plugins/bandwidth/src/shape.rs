@@ -149,17 +149,17 @@ pub fn root_tbf(host: &mut RouteSocket, index: u32) -> Result<Option<Tbf>> {
 }
 
 /// Removes from a host veth what this plugin put there: the root tbf `1:`, and the ingress
-/// qdisc when its filter redirects to `ifb` (or to nothing that exists any more).
+/// qdisc when its filter redirects to `ifb` or it has no filter left at all.
 pub fn clear_veth(host: &mut RouteSocket, veth: u32, ifb: Option<u32>) -> Result<()> {
     if root_tbf(host, veth)?.is_some() {
         host.delete_qdisc(veth, TC_H_ROOT, TBF_HANDLE)?;
     }
-    let ours = host
-        .filters(veth, INGRESS_HANDLE)?
+    let filters = host.filters(veth, INGRESS_HANDLE)?;
+    let ours = filters
         .iter()
         .filter_map(|f| f.redirect_to)
         .any(|target| Some(target) == ifb);
-    if ours {
+    if ours || filters.is_empty() {
         host.delete_qdisc(veth, TC_H_INGRESS, INGRESS_HANDLE)?;
     }
     Ok(())
