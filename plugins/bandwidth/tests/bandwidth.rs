@@ -754,3 +754,71 @@ fn ifb_name_matches_the_reference() {
     w.bw("DEL", "ctr1", "", &conf, None).ok();
     assert!(w.ifbs().is_empty());
 }
+
+/// The reference plugin's binary (Debian's containernetworking-plugins), where installed.
+fn reference_bandwidth() -> Option<std::path::PathBuf> {
+    let p = std::path::PathBuf::from("/usr/lib/cni/bandwidth");
+    if p.is_file() {
+        Some(p)
+    } else {
+        eprintln!("skipping: the reference bandwidth plugin is not installed");
+        None
+    }
+}
+
+fn reference(w: &World, bin: &std::path::Path, cmd: &str, ctr: &Ctr, conf: &Value) -> Run {
+    let path = testkit::bin_dir();
+    let env = [
+        ("CNI_COMMAND", cmd),
+        ("CNI_CONTAINERID", ctr.id.as_str()),
+        ("CNI_NETNS", ctr.ns.path()),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", path.to_str().unwrap()),
+    ];
+    testkit::run_in(&w.host, bin, &env, &conf.to_string())
+}
+
+/// Binaries swapped either way: CHECK and DEL of one accept what the other's ADD made (same
+/// ifb name, same tbf arithmetic to the tick).
+#[test]
+fn interop_with_the_reference_binary() {
+    if !have_root() {
+        return;
+    }
+    let Some(refbin) = reference_bandwidth() else {
+        return;
+    };
+    let w = World::new();
+    let conf = w.conf("0.4.0", limits((8_000_000, 400_000), (3_000_000, 240_000)));
+
+    // Reference ADD, our CHECK and DEL.
+    let ctr = w.container("0.4.0");
+    let mut c = conf.clone();
+    c["prevResult"] = ctr.prev.clone();
+    let r = reference(&w, &refbin, "ADD", &ctr, &c);
+    assert_eq!(r.code, 0, "{} {}", r.stdout, r.stderr);
+    let result = r.json();
+    let ifb = ifb_of(&result);
+    w.check(&ctr, &conf, &result).ok();
+    w.bw("DEL", &ctr.id, ctr.ns.path(), &conf, Some(&result))
+        .ok();
+    assert!(w.ifbs().is_empty(), "our DEL removes the reference's {ifb}");
+
+    // Our ADD, the reference's CHECK and DEL.
+    let ctr = w.container("0.4.0");
+    let result = w.add(&ctr, &conf);
+    let mut c = conf.clone();
+    c["prevResult"] = result.clone();
+    let r = reference(&w, &refbin, "CHECK", &ctr, &c);
+    assert_eq!(r.code, 0, "reference CHECK: {} {}", r.stdout, r.stderr);
+    // (Its CHECK does compare: a hand-changed rate fails it.)
+    let ifb = ifb_of(&result);
+    w.tc(&[
+        "qdisc", "change", "dev", &ifb, "root", "handle", "1:", "tbf", "rate", "5mbit", "burst",
+        "30000", "latency", "25ms",
+    ]);
+    assert_ne!(reference(&w, &refbin, "CHECK", &ctr, &c).code, 0);
+    let r = reference(&w, &refbin, "DEL", &ctr, &c);
+    assert_eq!(r.code, 0, "reference DEL: {} {}", r.stdout, r.stderr);
+    assert!(w.ifbs().is_empty());
+}
