@@ -302,7 +302,10 @@ fn veths_for_teardown(args: &CmdArgs, host: &mut RouteSocket) -> Result<Vec<Link
     };
     if !args.netns.is_empty() {
         if let Ok(netns) = NetNs::open(&args.netns) {
-            return shape::host_veth(host, &netns, &args.ifname, &result).map(|l| vec![l]);
+            match shape::host_veth(host, &netns, &args.ifname, &result) {
+                Ok(veth) => return Ok(vec![veth]),
+                Err(e) => log::info!("DEL: {e}; falling back to prevResult's veths"),
+            }
         }
     }
     Ok(shape::host_veths_of(host, &result))
