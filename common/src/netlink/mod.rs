@@ -125,6 +125,7 @@ mod addr;
 mod link;
 mod route;
 mod socket;
+pub mod tc;
 mod wait;
 
 #[cfg(test)]
