@@ -386,9 +386,10 @@ pub fn udp_ping(from: Option<SocketAddr>, to: SocketAddr) -> Result<(), String> 
     Ok(())
 }
 
-/// The host's conntrack table lines mentioning `needle` (from /proc/net/nf_conntrack).
-pub fn conntrack_lines(host: &TestNs, needle: &str) -> Vec<String> {
-    host.run(|| std::fs::read_to_string("/proc/net/nf_conntrack").unwrap_or_default())
+/// The conntrack table lines of `ns` mentioning `needle` (the thread's own
+/// /proc/thread-self/net/nf_conntrack: /proc/net is the main thread's namespace).
+pub fn conntrack_lines(ns: &TestNs, needle: &str) -> Vec<String> {
+    ns.run(|| std::fs::read_to_string("/proc/thread-self/net/nf_conntrack").unwrap())
         .lines()
         .filter(|l| l.contains(needle))
         .map(String::from)
