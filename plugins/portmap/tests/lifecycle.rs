@@ -178,8 +178,11 @@ fn gc_with_a_partial_and_an_empty_valid_list() {
     assert!(w.table().is_none());
     assert!(!reachable(&w, &a));
     tcp_via(&o.ns, addr("0.0.0.0", 80), &w.client, addr(HOST4, 8082)).unwrap();
-    // GC again (no table) is fine; a later ADD rebuilds everything.
+    // GC again (no table) is fine; STATUS has nothing against it; a later ADD rebuilds
+    // everything.
     gc(json!([])).ok();
+    let status = json!({"cniVersion": v, "name": w.net, "type": "portmap"});
+    cni(&w.host, "portmap", "STATUS", "", "", "", &status, &[]).ok();
     w.add(&a, &on(8080));
     assert!(reachable(&w, &a));
 }
@@ -513,4 +516,48 @@ fn masq_all_and_snat_off() {
         .count();
     assert_eq!(post, 0);
     tcp_via(&c.ns, addr("0.0.0.0", 80), &w.host, addr(HOST4, 8080)).unwrap();
+}
+
+/// Latency of ADD and DEL (the binary end to end: one nft transaction each, plus the
+/// conntrack flush for UDP). `cargo test -p cni-portmap --test lifecycle latency -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn latency() {
+    if !testkit::have_root() {
+        return;
+    }
+    let w = World::new();
+    let v = "1.1.0";
+    let c = w.container(v);
+    let conf = w.conf(
+        v,
+        json!([
+            {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+            {"hostPort": 5353, "containerPort": 53, "protocol": "udp"},
+        ]),
+        json!({}),
+    );
+    // Other attachments in the table, so that DEL is not on an empty one.
+    for _ in 0..50 {
+        let o = w.container(v);
+        w.add(&o, &w.conf(v, json!([{"hostPort": 20000 + (o.ip(true).to_string().rsplit('.').next().unwrap().parse::<u16>().unwrap()), "containerPort": 80, "protocol": "tcp"}]), json!({})));
+    }
+    let n = 50;
+    let (mut add, mut del, mut del_listing) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        w.add(&c, &conf);
+        add.push(t.elapsed());
+        let t = std::time::Instant::now();
+        w.del(&c, &conf).ok();
+        del.push(t.elapsed());
+        w.add(&c, &conf);
+        let t = std::time::Instant::now();
+        w.portmap("DEL", &c, "", &conf, None).ok();
+        del_listing.push(t.elapsed());
+    }
+    for (name, mut v) in [("ADD", add), ("DEL", del), ("DEL by listing", del_listing)] {
+        v.sort();
+        eprintln!("{name}: median {:?}, p90 {:?}", v[n / 2], v[n * 9 / 10]);
+    }
 }
