@@ -2,6 +2,7 @@
 //! the CNI environment, the error type, netlink, network namespaces, nftables and IPAM
 //! delegation.
 
+pub mod conntrack;
 pub mod error;
 pub mod exec;
 pub mod ipam;

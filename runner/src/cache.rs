@@ -297,7 +297,9 @@ mod tests {
         let e = entry();
         write(d.path(), &e).unwrap();
         let body = std::fs::read(path(d.path(), "net1", "c1", "eth0").unwrap()).unwrap();
-        let live = d.path().join(format!(".net1-c2-eth0.tmp-{}", std::process::id()));
+        let live = d
+            .path()
+            .join(format!(".net1-c2-eth0.tmp-{}", std::process::id()));
         let dead = d.path().join(".net1-c3-eth0.tmp-4194304999");
         std::fs::write(&live, &body).unwrap();
         std::fs::write(&dead, &body).unwrap();

@@ -68,6 +68,9 @@ pub fn ensure_bridge(host: &mut RouteSocket, conf: &Conf) -> Result<BridgeInfo> 
             })?;
             if created {
                 write_if_sysctl("ipv6", name, "accept_ra", "0");
+                // Before it comes up: a tentative link-local address would stall the first
+                // forwarded or DNATed IPv6 packets for the length of DAD (~1.5 s).
+                write_if_sysctl("ipv6", name, "accept_dad", "0");
                 // Pin the MAC: otherwise a bridge takes the lowest MAC of its ports, which
                 // changes as containers come and go.
                 if let Some(mac) = link.mac {
