@@ -190,8 +190,14 @@ impl Plugin for Firewall {
             _ => None,
         };
         let res = match known {
-            Some(r) => rules::del_known_batch(&r).and_then(|b| nft::apply_to_kernel(&b)),
-            None => lock::take().and_then(|_lock| {
+            // The default: one transaction, no listing.
+            Some(r) if !r.policy.is_guarded() => {
+                rules::del_known_batch(&r).and_then(|b| nft::apply_to_kernel(&b))
+            }
+            // A guarded attachment may be its bridge's last member, and then the bridge
+            // leaves `guarded_bridges` in the same transaction: that takes a listing (under
+            // the lock, so a concurrent ADD on the bridge cannot be undone).
+            _ => lock::take().and_then(|_lock| {
                 rules::prune_in_kernel(&nft::comment_is_attachment(
                     &network,
                     &args.container_id,

@@ -48,10 +48,11 @@
 //! ([`attachment_comment`]), so DEL with prevResult is one transaction without listing, and
 //! DEL without prevResult and GC find elements by comment.
 //!
-//! The one shared element is a bridge in `guarded_bridges`: it stays while any `members`
-//! element of that bridge exists. DEL with prevResult leaves it (it cannot know, without
-//! listing, whether the attachment was the bridge's last); GC and DEL without prevResult,
-//! which list anyway, remove it once no member of that bridge is left.
+//! The one shared element is a bridge in `guarded_bridges`: it is counted by the `members`
+//! elements of that bridge, and leaves in the transaction that removes the last of them. So
+//! the DEL of a guarded attachment (`same-bridge`, `isolated`) lists the tables first, under
+//! the plugin's lock (a concurrent ADD on the same bridge waits); the DEL of an open one (the
+//! default) is one transaction without listing. GC and DEL without prevResult list anyway.
 
 use common::error::{Error, Result};
 use common::nft::{
@@ -410,8 +411,8 @@ pub fn add_batch(rules: &AttachmentRules, extra: Vec<Value>) -> Result<Batch> {
     Ok(b)
 }
 
-/// The DEL batch for known keys: no listing, no failure when anything is missing. The
-/// bridge's `guarded_bridges` element is left (see the module doc).
+/// The DEL batch for known keys: no listing, no failure when anything is missing. It leaves
+/// a `guarded_bridges` element alone: guarded attachments are deleted by [`prune_in_kernel`].
 pub fn del_known_batch(rules: &AttachmentRules) -> Result<Batch> {
     let mut b = Batch::new();
     for (set, key) in &rules.elements()? {
