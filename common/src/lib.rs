@@ -5,6 +5,7 @@
 pub mod error;
 pub mod exec;
 pub mod ipam;
+pub mod lock;
 pub mod logging;
 pub mod netlink;
 pub mod netns;

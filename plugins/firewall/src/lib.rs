@@ -12,7 +12,7 @@ pub mod lock;
 pub mod rules;
 
 use common::error::{Error, Result};
-use common::nft::{self, Family};
+use common::nft;
 use common::skel::{CmdArgs, Plugin};
 use common::spec::config::valid_attachments;
 use common::spec::{CniResult, NetConf, Version};
@@ -268,6 +268,3 @@ impl Plugin for Firewall {
         Ok(())
     }
 }
-
-/// The families [`hook`] serves (for the README and tests).
-pub const HOOK_FAMILIES: [Family; 2] = [Family::Ip, Family::Ip6];

@@ -526,3 +526,53 @@ fn hostile_input_fails_with_its_code_and_changes_nothing() {
     assert_eq!(r.json()["interfaces"][0]["name"], "cnifw4");
     assert!(!fresh.ruleset().contains("cnirs_firewall"));
 }
+
+/// Parallel ADDs (as kubelet starts pods) insert the iptables hand-off rule exactly once per
+/// family, and every attachment gets its elements.
+#[test]
+fn parallel_adds_insert_the_hand_off_rule_once() {
+    if !have_root() {
+        return;
+    }
+    let h = Host::new();
+    for fam in ["ip", "ip6"] {
+        h.nft(&["add", "table", fam, "filter"]);
+        h.nft(&[
+            "add",
+            "chain",
+            fam,
+            "filter",
+            "FORWARD",
+            "{ type filter hook forward priority 0; policy drop; }",
+        ]);
+    }
+    std::thread::scope(|s| {
+        for i in 0..8 {
+            let h = &h;
+            s.spawn(move || {
+                let p = prev(
+                    "1.1.0",
+                    "cnifw5",
+                    &format!("veth000001{i:02}"),
+                    &format!("10.55.0.{}/24", i + 2),
+                    Some(&format!("fd00:55::{}/64", i + 2)),
+                    h.ctr.path(),
+                );
+                h.run(
+                    "ADD",
+                    &format!("p{i}"),
+                    &conf("1.1.0", "netp", json!({}), Some(p)),
+                )
+                .ok();
+            });
+        }
+    });
+    for fam in ["ip", "ip6"] {
+        let out =
+            h.ns.exec("nft", &["list", "chain", fam, "filter", "FORWARD"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text.matches("cni-rs firewall").count(), 1, "{fam}: {text}");
+    }
+    assert_eq!(h.set("inet", "ctr4").len(), 8);
+    assert_eq!(h.set("inet", "ctr6").len(), 8);
+}
