@@ -64,6 +64,20 @@ pub enum HookState {
     Missing,
 }
 
+/// True when a listed rule is the hand-off rule: by its comment, or by its mark match and
+/// verdict (after an `iptables-save | iptables-restore` round trip, iptables-nft has turned
+/// the comment into an `xt comment` match that nft cannot show).
+fn is_hand_off(rule: &Value, comment: &str) -> bool {
+    if rule.get("comment").and_then(Value::as_str) == Some(comment) {
+        return true;
+    }
+    let Some(expr) = rule.get("expr").and_then(Value::as_array) else {
+        return false;
+    };
+    let mark_match = rule_expr().swap_remove(0);
+    expr.first() == Some(&mark_match) && expr.last() == Some(&json!({"accept": null}))
+}
+
 /// Reads an `nft -j list chain` document: is the hand-off rule in it?
 pub fn state_of_listing(doc: &Value) -> HookState {
     let want = comment();
@@ -73,7 +87,7 @@ pub fn state_of_listing(doc: &Value) -> HookState {
         .into_iter()
         .flatten()
         .filter_map(|o| o.get("rule"))
-        .any(|r| r.get("comment").and_then(Value::as_str) == Some(want.as_str()));
+        .any(|r| is_hand_off(r, &want));
     if present {
         HookState::Present
     } else {
@@ -154,6 +168,25 @@ mod tests {
         assert_eq!(
             state_of_listing(&json!({"nftables": [other, ours]})),
             HookState::Present
+        );
+        // As nft lists it after iptables-nft-save | iptables-nft-restore (iptables 1.8.9).
+        let restored = json!({"rule": {"family": "ip", "table": "filter", "chain": "FORWARD",
+            "handle": 4, "expr": [
+                {"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}}, 134217728]},
+                    "right": 134217728}},
+                {"xt": {"type": "match", "name": "comment"}},
+                {"counter": {"packets": 0, "bytes": 0}},
+                {"accept": null}]}});
+        assert_eq!(
+            state_of_listing(&json!({"nftables": [restored]})),
+            HookState::Present
+        );
+        let other_mark = json!({"rule": {"expr": [
+            {"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}}, 16384]}, "right": 16384}},
+            {"accept": null}]}});
+        assert_eq!(
+            state_of_listing(&json!({"nftables": [other_mark]})),
+            HookState::Missing
         );
     }
 }

@@ -66,11 +66,43 @@ fn drop_policy_forwarding_works_with_the_plugin_and_not_without() {
         }
     }
 
+    // An iptables-nft save/restore round trip (Docker restarts, netfilter-persistent) keeps
+    // the rule, and it is still recognised afterwards.
+    if let Some(bin) = iptables_nft(false) {
+        let save = w.host.exec(&format!("{bin}-save"), &[]);
+        let saved = String::from_utf8_lossy(&save.stdout).into_owned();
+        let restore = w.host.run(|| {
+            use std::io::Write;
+            let mut child = std::process::Command::new(format!("{bin}-restore"))
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(saved.as_bytes())
+                .unwrap();
+            child.wait().unwrap()
+        });
+        assert!(restore.success());
+        assert!(
+            reaches(&out, &c1.ns, out4),
+            "still accepted after the round trip"
+        );
+    }
+
     // A second attachment does not duplicate the hand-off rule.
     let c2 = w.attach(&br);
     w.fw("ADD", &c2, &conf).ok();
     let forward = w.nft(&["list", "chain", "ip", "filter", "FORWARD"]);
-    assert_eq!(forward.matches("cni-rs firewall").count(), 1, "{forward}");
+    assert_eq!(
+        forward
+            .matches("meta mark & 0x08000000 == 0x08000000")
+            .count(),
+        1,
+        "{forward}"
+    );
     w.fw("CHECK", &c2, &conf).ok();
 
     // DEL takes c1's accept away (c2 keeps its own), and is idempotent.
