@@ -3,7 +3,8 @@
 # demo use, on Debian (run as root; idempotent; non-interactive).
 #
 #   run time:  nftables (the plugins drive `nft`)
-#   tests:     iproute2 (assertions), iputils-ping, netcat-openbsd (demo traffic), jq
+#   tests:     iproute2 (assertions), iputils-ping, netcat-openbsd (demo traffic), jq,
+#              iptables (iptables-nft: the firewall tests check iptables still reads its chains)
 #   --interop: the reference plugins (containernetworking-plugins, /usr/lib/cni) and
 #              libcni's cnitool, built from Debian's source package of libcni
 set -euo pipefail
@@ -22,7 +23,7 @@ export DEBIAN_FRONTEND=noninteractive
 say() { echo "[install-deps] $*"; }
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" = "install ok installed" ]; }
 
-pkgs=(nftables iproute2 iputils-ping netcat-openbsd jq ca-certificates)
+pkgs=(nftables iproute2 iputils-ping netcat-openbsd jq ca-certificates iptables)
 [ "$interop" = 1 ] && pkgs+=(containernetworking-plugins golang-go golang-github-appc-cni-dev dpkg-dev xz-utils)
 
 # libcni's cnitool is not in a binary package; its source package is, which needs deb-src.

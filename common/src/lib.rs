@@ -6,6 +6,7 @@ pub mod conntrack;
 pub mod error;
 pub mod exec;
 pub mod ipam;
+pub mod lock;
 pub mod logging;
 pub mod netlink;
 pub mod netns;

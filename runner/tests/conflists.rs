@@ -248,3 +248,56 @@ fn libcni_cnitool_runs_the_chain() {
     assert!(!c1.has_link("eth0"));
     assert!(!host.ip(&["-o", "link", "show"]).contains("veth"));
 }
+
+/// The multi-tenant pair: two networks on two bridges with `ingressPolicy: same-bridge`.
+/// Containers reach each other inside a tenant; a container of one tenant cannot reach the
+/// other tenant's, until the firewall's attachments are deleted.
+#[test]
+fn multi_tenant_networks_are_isolated_from_each_other() {
+    if !have_root() {
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conflists");
+    let tmp = tempfile::tempdir().unwrap();
+    let host = TestNs::new();
+    let runners: Vec<Runner> = ["a", "b"]
+        .iter()
+        .map(|t| {
+            let file = dir.join(format!("multi-tenant-{t}.conflist"));
+            let mut list: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+            redirect_state(&mut list, tmp.path());
+            let conflist = tmp.path().join(file.file_name().unwrap());
+            std::fs::write(&conflist, list.to_string()).unwrap();
+            Runner {
+                host: &host,
+                conflist,
+                cache: tmp.path().join("cache"),
+            }
+        })
+        .collect();
+    let ctrs: Vec<TestNs> = (0..3).map(|_| TestNs::new()).collect();
+    // a1 and a2 in tenant a, b1 in tenant b.
+    let plan = [(0, "a1", 0), (1, "a2", 0), (2, "b1", 1)];
+    let mut addrs = Vec::new();
+    for (i, id, tenant) in plan {
+        let r = runners[tenant].run("add", &["--netns", ctrs[i].path(), "--container-id", id]);
+        assert_eq!(r.code, 0, "add {id}: {} {}", r.stdout, r.stderr);
+        addrs.push(addresses(&r.json())[0]);
+    }
+    tcp_exchange(&ctrs[1], &ctrs[0], SocketAddr::new(addrs[1], 7400))
+        .expect("a1 -> a2 inside tenant a");
+    assert!(
+        tcp_exchange(&ctrs[2], &ctrs[0], SocketAddr::new(addrs[2], 7401)).is_err(),
+        "a1 must not reach b1"
+    );
+    assert!(
+        tcp_exchange(&ctrs[0], &ctrs[2], SocketAddr::new(addrs[0], 7402)).is_err(),
+        "b1 must not reach a1"
+    );
+    // The host itself still reaches both tenants.
+    tcp_exchange(&ctrs[2], &host, SocketAddr::new(addrs[2], 7403)).unwrap();
+    for (i, id, tenant) in plan {
+        let r = runners[tenant].run("del", &["--netns", ctrs[i].path(), "--container-id", id]);
+        assert_eq!(r.code, 0, "del {id}: {}", r.stdout);
+    }
+}
