@@ -361,7 +361,10 @@ mod tests {
         let r = sample();
         let (idx, eth0) = r.container_interface("eth0").unwrap();
         assert_eq!((idx, eth0.sandbox.as_str()), (2, "/run/netns/x"));
-        assert!(r.container_interface("cni0").is_none(), "no sandbox: not a container interface");
+        assert!(
+            r.container_interface("cni0").is_none(),
+            "no sandbox: not a container interface"
+        );
         assert_eq!(r.ips_of(Some(2)).count(), 3);
         assert_eq!(r.ips_of(Some(0)).count(), 0);
         assert_eq!(r.host_interfaces().count(), 2);
