@@ -686,3 +686,42 @@ fn hostile_input() {
     assert_eq!(link_state(&c.ns, "eth0"), before);
     assert!(w.backups().is_empty(), "{:?}", w.backups());
 }
+
+#[test]
+fn leftover_backups_are_handled() {
+    if !have_root() {
+        return;
+    }
+    let w = World::new();
+    let c = w.container("1.0.0");
+    let before = link_state(&c.ns, "eth0");
+    let conf = w.conf("1.0.0", json!({"mtu": 1400}));
+    let del = || {
+        w.run("DEL", &c, c.ns.path(), &conf, false, &[]).ok();
+    };
+
+    // A torn or corrupt file (an older crash): replaced by ADD, DEL restores the truth.
+    std::fs::write(w.backup_path(&c), "{\"mtu\": 13").unwrap();
+    std::fs::write(w.data.path().join(format!(".{}_eth0.json.tmp", c.cid)), "{").unwrap();
+    w.add(&c, &conf).ok();
+    del();
+    assert_eq!(link_state(&c.ns, "eth0"), before);
+    assert!(w.backups().is_empty(), "{:?}", w.backups());
+
+    // A backup made for another namespace (a container ID reused after a missed DEL):
+    // its values are not this interface's originals.
+    let stale = json!({"mtu": 1280, "cnirs": {"network": w.net, "containerID": c.cid,
+        "ifname": "eth0", "netnsInode": 1, "ifindex": 2}});
+    std::fs::write(w.backup_path(&c), stale.to_string()).unwrap();
+    w.add(&c, &conf).ok();
+    del();
+    assert_eq!(link_state(&c.ns, "eth0"), before);
+
+    // A file the reference plugin wrote (no owner): DEL restores it by interface name.
+    std::fs::write(w.backup_path(&c), r#"{"mtu":1280,"promisc":false}"#).unwrap();
+    c.ns.ip(&["link", "set", "eth0", "promisc", "on"]);
+    del();
+    let st = link_state(&c.ns, "eth0");
+    assert_eq!((st.mtu, st.promisc), (1280, false));
+    assert!(w.backups().is_empty());
+}
