@@ -67,10 +67,11 @@ impl Settings {
 
 /// Reads and validates the config for ADD and CHECK: code 6 for values of the wrong type,
 /// code 7 for invalid values, duplicate or forbidden sysctl keys.
-pub fn load(args: &CmdArgs, allowlist: &Allowlist) -> Result<Settings> {
+/// The allow-list is read only when some sysctl is configured.
+pub fn load(args: &CmdArgs) -> Result<Settings> {
     reject_duplicate_sysctls(&args.stdin)?;
     let conf: TuningConf = args.parse_conf()?;
-    resolve(&conf, &args.args, &args.ifname, allowlist)
+    resolve(&conf, &args.args, &args.ifname, Allowlist::load)
 }
 
 /// The data dir only: what DEL and GC need (lenient: a config ADD accepted parses here).
@@ -92,7 +93,7 @@ pub fn resolve(
     conf: &TuningConf,
     cni_args: &str,
     ifname: &str,
-    allowlist: &Allowlist,
+    allowlist: impl FnOnce() -> Result<Allowlist>,
 ) -> Result<Settings> {
     let mut mac = conf.mac.clone();
     let mut promisc = conf.promisc;
@@ -140,6 +141,8 @@ pub fn resolve(
 
     // One entry per resolved path: the config's keys first, args.cni's over them.
     let mut sysctls: Vec<Sysctl> = Vec::new();
+    let mut allowlist = Some(allowlist);
+    let mut loaded = None;
     for (layer, map) in [
         ("sysctl", conf.sysctl.as_ref()),
         ("args.cni.sysctl", arg_sysctls.as_ref()),
@@ -148,7 +151,12 @@ pub fn resolve(
         let mut seen = BTreeSet::new();
         for (key, value) in map {
             let value: String = decode(&format!("{layer}.{key}"), value)?;
-            let s = sysctl::resolve(key, &value, ifname, allowlist)?;
+            let list = match (&loaded, allowlist.take()) {
+                (Some(l), _) => l,
+                (None, Some(load)) => loaded.insert(load()?),
+                (None, None) => return Err(Error::internal("allow-list not loaded")),
+            };
+            let s = sysctl::resolve(key, &value, ifname, list)?;
             if !seen.insert(s.path.clone()) {
                 return Err(Error::config(format!(
                     "{layer}: two keys name the same sysctl {}",
@@ -264,7 +272,7 @@ mod tests {
     }
 
     fn settings(v: Value, cni_args: &str) -> Result<Settings> {
-        resolve(&conf(v), cni_args, "eth0", &Allowlist::allow_all())
+        resolve(&conf(v), cni_args, "eth0", || Ok(Allowlist::allow_all()))
     }
 
     #[test]

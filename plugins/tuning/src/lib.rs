@@ -27,7 +27,7 @@ use config::Settings;
 use serde_json::Value;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use sysctl::{Allowlist, Sysctl};
+use sysctl::Sysctl;
 
 /// A temporary backup file this old is left over from an ADD that died mid-write.
 const STALE_TEMP_SECS: u64 = 600;
@@ -44,7 +44,7 @@ impl Plugin for Tuning {
     }
 
     fn add(&self, args: &CmdArgs) -> Result<CniResult> {
-        let settings = config::load(args, &Allowlist::load()?)?;
+        let settings = config::load(args)?;
         let mut result = args
             .prev_result()?
             .ok_or_else(|| Error::config("Required prevResult missing"))?;
@@ -63,7 +63,7 @@ impl Plugin for Tuning {
     }
 
     fn check(&self, args: &CmdArgs) -> Result<()> {
-        let settings = config::load(args, &Allowlist::load()?)?;
+        let settings = config::load(args)?;
         args.prev_result()?
             .ok_or_else(|| Error::config("Required prevResult missing"))?;
         let netns = NetNs::open(&args.netns)?;

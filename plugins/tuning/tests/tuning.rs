@@ -312,6 +312,8 @@ fn forbidden_keys_are_refused_with_code_7_and_nothing_changes() {
     // An invalid regex is a config error.
     std::fs::write(w.allowlist(), "(\n").unwrap();
     assert_eq!(w.add(&c, &w.conf("1.0.0", full_settings())).err_code(), 7);
+    // ... and read only when sysctls are configured.
+    w.add(&c, &w.conf("1.0.0", json!({"mtu": 1400}))).ok();
 }
 
 #[test]
