@@ -119,12 +119,15 @@ fn required_vars(cmd: Command) -> &'static [&'static str] {
 pub fn run(plugin: &dyn Plugin) -> ! {
     crate::logging::init();
     let env = |k: &str| std::env::var(k).ok();
+    // stdout and stderr are locked per write, not for the whole run: a log line from a
+    // thread working in a netns (`NetNs::run`) would otherwise wait forever for the lock
+    // the main thread holds while it waits for that thread.
     let code = dispatch(
         plugin,
         &env,
         &mut std::io::stdin().lock(),
-        &mut std::io::stdout().lock(),
-        &mut std::io::stderr().lock(),
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
     );
     std::process::exit(code)
 }

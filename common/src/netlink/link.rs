@@ -42,6 +42,10 @@ fn link_from_msg(msg: &LinkMessage) -> Link {
         up: msg.header.flags.contains(LinkFlags::Up),
         oper_up: false,
         promisc: msg.header.flags.contains(LinkFlags::Promisc),
+        allmulti: msg.header.flags.contains(LinkFlags::Allmulti),
+        txqlen: 0,
+        min_mtu: None,
+        max_mtu: None,
         link_index: None,
         link_netnsid: None,
     };
@@ -50,6 +54,9 @@ fn link_from_msg(msg: &LinkMessage) -> Link {
             LinkAttribute::IfName(n) => link.name = n.clone(),
             LinkAttribute::Address(a) => link.mac = <Mac>::try_from(a.as_slice()).ok(),
             LinkAttribute::Mtu(m) => link.mtu = *m,
+            LinkAttribute::TxQueueLen(q) => link.txqlen = *q,
+            LinkAttribute::MinMtu(m) => link.min_mtu = Some(*m),
+            LinkAttribute::MaxMtu(m) => link.max_mtu = Some(*m),
             LinkAttribute::Controller(m) => link.master = Some(*m),
             LinkAttribute::OperState(s) => link.oper_up = *s == State::Up,
             LinkAttribute::Link(l) => link.link_index = Some(*l),
@@ -244,6 +251,17 @@ impl RouteSocket {
 
     pub fn set_promisc(&mut self, index: u32, on: bool) -> Result<()> {
         self.set_flag(index, LinkFlags::Promisc, on, "set promisc")
+    }
+
+    pub fn set_allmulti(&mut self, index: u32, on: bool) -> Result<()> {
+        self.set_flag(index, LinkFlags::Allmulti, on, "set allmulti")
+    }
+
+    /// Sets the transmit queue length (IFLA_TXQLEN), in packets.
+    pub fn set_txqlen(&mut self, index: u32, qlen: u32) -> Result<()> {
+        let mut msg = link_msg(index);
+        msg.attributes.push(LinkAttribute::TxQueueLen(qlen));
+        self.set_link(msg, &format!("set txqlen {qlen}"))
     }
 
     /// Bridge port flags of `index` (a port of some bridge): hairpin mode and isolation.

@@ -55,6 +55,13 @@ pub struct Link {
     /// IFLA_OPERSTATE is UP.
     pub oper_up: bool,
     pub promisc: bool,
+    /// IFF_ALLMULTI (receive all multicast).
+    pub allmulti: bool,
+    /// IFLA_TXQLEN (transmit queue length, in packets).
+    pub txqlen: u32,
+    /// IFLA_MIN_MTU / IFLA_MAX_MTU: the range the device accepts (None if not reported).
+    pub min_mtu: Option<u32>,
+    pub max_mtu: Option<u32>,
     /// IFLA_LINK: for a veth, the peer's ifindex (in the peer's namespace).
     pub link_index: Option<u32>,
     /// IFLA_LINK_NETNSID: set when the peer lives in another namespace.

@@ -700,3 +700,26 @@ fn dumps_span_many_datagrams() {
     // The socket is still in step after the big dumps.
     assert_eq!(s.link_by_name("br7").unwrap().unwrap().name, "br7");
 }
+
+#[test]
+fn allmulti_txqlen_and_mtu_range() {
+    if !have_root() {
+        return;
+    }
+    let p = pair(0);
+    let mut cs = p.cs;
+    let eth0 = p.eth0;
+    assert!(!eth0.allmulti);
+    assert_eq!(eth0.max_mtu, Some(65535), "{eth0:?}");
+    assert_eq!(eth0.min_mtu, Some(68), "{eth0:?}");
+    cs.set_allmulti(eth0.index, true).unwrap();
+    cs.set_txqlen(eth0.index, 321).unwrap();
+    let l = link(&mut cs, "eth0");
+    assert!(l.allmulti);
+    assert_eq!(l.txqlen, 321);
+    let j = p.cont.ip_json(&["link", "show", "eth0"]);
+    assert!(j[0]["flags"].to_string().contains("ALLMULTI"), "{j}");
+    assert_eq!(j[0]["txqlen"], 321);
+    cs.set_allmulti(eth0.index, false).unwrap();
+    assert!(!link(&mut cs, "eth0").allmulti);
+}
