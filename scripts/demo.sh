@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # demo.sh -- build the suite, install what it needs at run time (nftables), and run a live
-# demo: two "containers" (network namespaces) join one bridge through the shipped
-# bridge + host-local chain, get their addresses, exchange a TCP message, and are deleted
-# again, leaving nothing behind. Run as root on Debian. The demo's "host" is a network
+# demo: two "containers" (network namespaces) join one bridge through Podman's default chain
+# (bridge + host-local, portmap, firewall, tuning), get their addresses, exchange a TCP
+# message, answer on a published port, and are deleted again, leaving nothing behind. Run as root on Debian. The demo's "host" is a network
 # namespace of its own, so the machine's own network is not touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,20 +30,20 @@ cnirun() { ip netns exec "$HOST" "$BIN/cnirun" "$@" --conflist "$TMP/demo.confli
 step "namespaces: host $HOST, containers $C1 and $C2"
 for ns in "$HOST" "$C1" "$C2"; do ip netns add "$ns"; done
 ip -n "$HOST" link set lo up
-jq --arg dd "$TMP/ipam" '.plugins[0].ipam.dataDir = $dd' conflists/bridge-host-local.conflist >"$TMP/demo.conflist"
+jq --arg dd "$TMP/ipam" '.plugins[0].ipam.dataDir = $dd' conflists/podman-default.conflist >"$TMP/demo.conflist"
 cat "$TMP/demo.conflist"
 
-for c in "$C1" "$C2"; do
-  step "cnirun add $c"
-  cnirun add --netns "/run/netns/$c" --container-id "$c" | tee "$TMP/$c.json"
-done
+step "cnirun add $C1, publishing host port 8080 -> container port 8080"
+cnirun add --netns "/run/netns/$C1" --container-id "$C1" --port-mapping 8080:8080/tcp | tee "$TMP/$C1.json"
+step "cnirun add $C2"
+cnirun add --netns "/run/netns/$C2" --container-id "$C2" | tee "$TMP/$C2.json"
 A1=$(jq -r '.ips[0].address' "$TMP/$C1.json" | cut -d/ -f1)
 A2=$(jq -r '.ips[0].address' "$TMP/$C2.json" | cut -d/ -f1)
 
 step "addresses"
 ip -n "$C1" -br addr show dev eth0
 ip -n "$C2" -br addr show dev eth0
-ip -n "$HOST" -br addr show dev cni-rs0
+ip -n "$HOST" -br addr show dev cni-podman0
 
 step "TCP: $C2 ($A2) -> $C1 ($A1):8080"
 ip netns exec "$C1" timeout 10 nc -l 8080 >"$TMP/received" &
@@ -52,6 +52,15 @@ echo "hello from $C2" | ip netns exec "$C2" nc -N -w 3 "$A1" 8080
 wait
 echo "$C1 received: $(cat "$TMP/received")"
 grep -q "hello from $C2" "$TMP/received"
+
+step "published port: the host -> 127.0.0.1:8080 -> $C1:8080"
+ip netns exec "$C1" timeout 10 nc -l 8080 >"$TMP/received" &
+for _ in $(seq 50); do ip netns exec "$C1" ss -ltn | grep -q ':8080 ' && break; sleep 0.1; done
+echo "hello from the host" | ip netns exec "$HOST" nc -N -w 3 127.0.0.1 8080
+wait
+echo "$C1 received: $(cat "$TMP/received")"
+grep -q "hello from the host" "$TMP/received"
+ip netns exec "$HOST" nft list ruleset | grep -E 'table|dnat|elements' | sed 's/^/  /'
 
 step "CHECK and DEL"
 for c in "$C1" "$C2"; do
@@ -62,6 +71,6 @@ done
 step "what is left after DEL"
 echo "veths in the host namespace: $(ip -n "$HOST" -o link show type veth | wc -l)"
 echo "allocations: $(find "$TMP/ipam" -type f -name '10.*' | wc -l)"
-echo "masquerade set elements: $(ip netns exec "$HOST" nft -j list set inet cnirs_bridge_masq masq4 | jq '[.nftables[].set.elem // [] | length] | add')"
+echo "nftables set/map elements: $(ip netns exec "$HOST" nft -j list ruleset | jq '[.nftables[] | (.set // .map // empty) | .elem // [] | length] | add // 0')"
 echo "cache entries: $(ls "$TMP/cache" 2>/dev/null | wc -l)"
 step "removing the demo namespaces (the bridge lived in the demo host namespace)"
