@@ -230,6 +230,31 @@ impl From<serde_json::Error> for Error {
     }
 }
 
+/// Several errors as one (teardown goes on past failures and reports them together): the
+/// shared code if they all have one, else 999; the messages joined with "; ".
+pub fn join(mut errors: Vec<Error>) -> Result<()> {
+    if errors.len() <= 1 {
+        return errors.pop().map_or(Ok(()), Err);
+    }
+    let first = errors.first().map(Error::code).unwrap_or(code::INTERNAL);
+    let shared = if errors.iter().all(|e| e.code() == first) {
+        first
+    } else {
+        code::INTERNAL
+    };
+    let msg = errors
+        .iter()
+        .map(Error::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(Error::Delegated(ErrorJson {
+        cni_version: String::new(),
+        code: shared,
+        msg,
+        details: String::new(),
+    }))
+}
+
 /// `.context("...")` on any `Result<_, Error>` (and on io results via [`IoContext`]).
 pub trait ResultExt<T> {
     fn context(self, context: impl Into<String>) -> Result<T>;
@@ -290,6 +315,16 @@ mod tests {
         );
         let nf = Error::netlink("get link", libc::ENODEV).context("x");
         assert!(nf.is_not_found());
+    }
+
+    #[test]
+    fn joined_errors_keep_a_shared_code() {
+        assert!(join(vec![]).is_ok());
+        assert_eq!(join(vec![Error::config("a")]).unwrap_err().to_string(), "a");
+        let same = join(vec![Error::config("a"), Error::config("b")]).unwrap_err();
+        assert_eq!((same.code(), same.to_string()), (7, "a; b".to_string()));
+        let mixed = join(vec![Error::config("a"), Error::internal("b")]).unwrap_err();
+        assert_eq!(mixed.code(), 999);
     }
 
     #[test]

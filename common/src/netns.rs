@@ -38,6 +38,15 @@ impl NetNs {
         })
     }
 
+    /// Opens a container's namespace for ADD or CHECK, where it must exist: any failure is
+    /// code 8 naming the path.
+    pub fn open_container(path: &str) -> Result<NetNs> {
+        NetNs::open(path).map_err(|e| match e {
+            Error::InvalidNetns(_) => e,
+            other => Error::InvalidNetns(format!("failed to open netns {path:?}: {other}")),
+        })
+    }
+
     pub fn path(&self) -> &str {
         &self.path
     }

@@ -5,7 +5,6 @@ use crate::base64;
 use crate::cache::{self, CacheEntry};
 use crate::conflist::ConfList;
 use crate::request::{gc_config, plugin_config};
-use common::error::ErrorJson;
 use common::exec::{PluginEnv, run_plugin};
 use common::skel::Command;
 use common::spec::config::{validate_container_id, validate_ifname, validate_network_name};
@@ -51,33 +50,6 @@ impl RuntimeConf {
         validate_container_id(&self.container_id)?;
         validate_ifname(&self.ifname)
     }
-}
-
-/// Several errors as one: the common code if they share one, else 999; messages joined.
-pub fn join_errors(mut errs: Vec<Error>) -> Result<()> {
-    if errs.len() <= 1 {
-        return errs.pop().map_or(Ok(()), Err);
-    }
-    let first = errs
-        .first()
-        .map(Error::code)
-        .unwrap_or(common::error::code::INTERNAL);
-    let code = if errs.iter().all(|e| e.code() == first) {
-        first
-    } else {
-        common::error::code::INTERNAL
-    };
-    let msg = errs
-        .iter()
-        .map(Error::to_string)
-        .collect::<Vec<_>>()
-        .join("; ");
-    Err(Error::Delegated(ErrorJson {
-        cni_version: String::new(),
-        code,
-        msg,
-        details: String::new(),
-    }))
 }
 
 impl Runner {
@@ -317,7 +289,7 @@ impl Runner {
                 }
             }
         }
-        join_errors(errs)
+        common::error::join(errs)
     }
 
     /// STATUS (1.1.0+; a no-op before, as in libcni): each plugin in order, stopping at the
@@ -392,13 +364,13 @@ mod tests {
 
     #[test]
     fn joined_errors_keep_a_shared_code() {
-        assert!(join_errors(vec![]).is_ok());
-        let one = join_errors(vec![Error::config("a")]).unwrap_err();
+        assert!(common::error::join(vec![]).is_ok());
+        let one = common::error::join(vec![Error::config("a")]).unwrap_err();
         assert_eq!((one.code(), one.to_string()), (7, "a".to_string()));
-        let same = join_errors(vec![Error::config("a"), Error::config("b")]).unwrap_err();
+        let same = common::error::join(vec![Error::config("a"), Error::config("b")]).unwrap_err();
         assert_eq!((same.code(), same.to_string()), (7, "a; b".to_string()));
-        let mixed =
-            join_errors(vec![Error::config("a"), Error::NotAvailable("b".into())]).unwrap_err();
+        let mixed = common::error::join(vec![Error::config("a"), Error::NotAvailable("b".into())])
+            .unwrap_err();
         assert_eq!(mixed.code(), 999);
     }
 

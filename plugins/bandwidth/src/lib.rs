@@ -57,7 +57,7 @@ impl Plugin for Bandwidth {
         let mut result = prev.ok_or_else(|| {
             Error::config("bandwidth must be called as a chained plugin (no prevResult)")
         })?;
-        let netns = open_netns(&args.netns)?;
+        let netns = NetNs::open_container(&args.netns)?;
         let mut host = RouteSocket::open()?;
         let veth = shape::host_veth(&mut host, &netns, &args.ifname, &result)?;
         let mut undo = Undo::default();
@@ -79,7 +79,7 @@ impl Plugin for Bandwidth {
         let result = args.prev_result()?.ok_or_else(|| {
             Error::config("bandwidth must be called as a chained plugin (no prevResult)")
         })?;
-        let netns = open_netns(&args.netns)?;
+        let netns = NetNs::open_container(&args.netns)?;
         let mut host = RouteSocket::open()?;
         let veth = shape::host_veth(&mut host, &netns, &args.ifname, &result)?;
         check(args, &conf.network, &conf.limits, &mut host, &veth)
@@ -105,7 +105,7 @@ impl Plugin for Bandwidth {
                 }
             }
         }
-        join_errors(errors)
+        common::error::join(errors)
     }
 }
 
@@ -136,26 +136,6 @@ impl Undo {
                 }
             }
         }
-    }
-}
-
-fn open_netns(path: &str) -> Result<NetNs> {
-    NetNs::open(path).map_err(|e| match e {
-        Error::InvalidNetns(_) => e,
-        other => Error::InvalidNetns(format!("failed to open netns {path:?}: {other}")),
-    })
-}
-
-fn join_errors(errors: Vec<Error>) -> Result<()> {
-    let mut iter = errors.into_iter();
-    let Some(first) = iter.next() else {
-        return Ok(());
-    };
-    let rest: Vec<String> = iter.map(|e| e.to_string()).collect();
-    if rest.is_empty() {
-        Err(first)
-    } else {
-        Err(first.context(format!("{} more error(s): {}", rest.len(), rest.join("; "))))
     }
 }
 
@@ -291,7 +271,7 @@ fn del(args: &CmdArgs, conf: &Conf) -> Result<()> {
             }
         }
     }
-    join_errors(errors)
+    common::error::join(errors)
 }
 
 /// The host veth(s) of the attachment, as far as DEL can still tell: through the container

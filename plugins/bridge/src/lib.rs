@@ -71,7 +71,7 @@ impl Plugin for Bridge {
                 errors.push(e);
             }
         }
-        join_errors(errors)
+        common::error::join(errors)
     }
 
     fn status(&self, args: &CmdArgs) -> Result<()> {
@@ -119,28 +119,8 @@ impl Undo {
     }
 }
 
-fn join_errors(errors: Vec<Error>) -> Result<()> {
-    let mut iter = errors.into_iter();
-    let Some(first) = iter.next() else {
-        return Ok(());
-    };
-    let rest: Vec<String> = iter.map(|e| e.to_string()).collect();
-    if rest.is_empty() {
-        Err(first)
-    } else {
-        Err(first.context(format!("{} more error(s): {}", rest.len(), rest.join("; "))))
-    }
-}
-
-fn open_netns(path: &str) -> Result<NetNs> {
-    NetNs::open(path).map_err(|e| match e {
-        Error::InvalidNetns(_) => e,
-        other => Error::InvalidNetns(format!("failed to open netns {path:?}: {other}")),
-    })
-}
-
 fn add(args: &CmdArgs, conf: &Conf, undo: &mut Undo) -> Result<CniResult> {
-    let netns = open_netns(&args.netns)?;
+    let netns = NetNs::open_container(&args.netns)?;
     let mut host = RouteSocket::open()?;
 
     // An interface that is already there fails ADD before anything is allocated: an IPAM
@@ -338,7 +318,7 @@ fn del(args: &CmdArgs, conf: &Conf) -> Result<()> {
             errors.push(e);
         }
     }
-    join_errors(errors)
+    common::error::join(errors)
 }
 
 /// The host end of the veth in a result: the interface without sandbox that is not the bridge.
@@ -356,7 +336,7 @@ fn check(args: &CmdArgs, conf: &Conf) -> Result<()> {
     if conf.is_layer3() {
         ipam::exec_command(args, Command::Check)?;
     }
-    let netns = open_netns(&args.netns)?;
+    let netns = NetNs::open_container(&args.netns)?;
     let mut host = RouteSocket::open()?;
     link::check_links(&mut host, &netns, args, conf, &prev)?;
     let container_idx = prev
