@@ -412,6 +412,43 @@ fn capability_in_every_version() {
     }
 }
 
+/// containerd passes a burst of 2^32-1 bits when a pod sets only a rate: a bucket lasting
+/// minutes, far past what older kernels keep. ADD and CHECK must both accept it.
+#[test]
+fn containerds_maximal_burst_passes_check() {
+    if !have_root() {
+        return;
+    }
+    let w = World::new();
+    let ctr = w.container("1.0.0");
+    let conf = w.conf(
+        "1.0.0",
+        limits((10_000_000, 4_294_967_295), (10_000_000, 4_294_967_295)),
+    );
+    let result = w.add(&ctr, &conf);
+    w.check(&ctr, &conf, &result).ok();
+    // And CHECK still notices a changed rate.
+    w.tc(&[
+        "qdisc",
+        "change",
+        "dev",
+        &ctr.host_veth(),
+        "root",
+        "handle",
+        "1:",
+        "tbf",
+        "rate",
+        "20mbit",
+        "burst",
+        "536870911",
+        "latency",
+        "25ms",
+    ]);
+    assert_ne!(w.check(&ctr, &conf, &result).code, 0);
+    w.bw("DEL", &ctr.id, ctr.ns.path(), &conf, Some(&result))
+        .ok();
+}
+
 /// No limits, or all zero: prevResult comes back as it was and the kernel is untouched;
 /// CHECK without limits succeeds.
 #[test]
