@@ -225,6 +225,17 @@ impl Network {
 
     /// `cnitool VERB <net> <ctr netns>` inside the host namespace, with CAP_ARGS if given.
     pub fn cnitool(&self, verb: &str, ctr: &TestNs, cap_args: Option<&Value>) -> Run {
+        self.cnitool_with(verb, ctr, cap_args, None)
+    }
+
+    /// [`Network::cnitool`] with CNI_ARGS.
+    pub fn cnitool_with(
+        &self,
+        verb: &str,
+        ctr: &TestNs,
+        cap_args: Option<&Value>,
+        cni_args: Option<&str>,
+    ) -> Run {
         let netconf = self.tmp.path().join("net.d");
         let bin = self.bin_dir();
         let caps = cap_args.map(Value::to_string);
@@ -234,6 +245,9 @@ impl Network {
         ];
         if let Some(c) = &caps {
             env.push(("CAP_ARGS", c.as_str()));
+        }
+        if let Some(a) = cni_args {
+            env.push(("CNI_ARGS", a));
         }
         run_args_in(
             &self.host,
@@ -246,7 +260,17 @@ impl Network {
 
     /// ADD through cnitool; panics with its output unless it succeeded. Returns the result.
     pub fn add(&self, ctr: &TestNs, cap_args: Option<&Value>) -> Value {
-        let r = self.cnitool("add", ctr, cap_args);
+        self.add_with(ctr, cap_args, None)
+    }
+
+    /// [`Network::add`] with CNI_ARGS.
+    pub fn add_with(
+        &self,
+        ctr: &TestNs,
+        cap_args: Option<&Value>,
+        cni_args: Option<&str>,
+    ) -> Value {
+        let r = self.cnitool_with("add", ctr, cap_args, cni_args);
         assert_eq!(
             r.code, 0,
             "{}: cnitool add: {} {}",
@@ -267,7 +291,12 @@ impl Network {
 
     /// DEL through cnitool; panics with its output unless it succeeded.
     pub fn del(&self, ctr: &TestNs, cap_args: Option<&Value>) {
-        let r = self.cnitool("del", ctr, cap_args);
+        self.del_with(ctr, cap_args, None)
+    }
+
+    /// [`Network::del`] with CNI_ARGS.
+    pub fn del_with(&self, ctr: &TestNs, cap_args: Option<&Value>, cni_args: Option<&str>) {
+        let r = self.cnitool_with("del", ctr, cap_args, cni_args);
         assert_eq!(
             r.code, 0,
             "{}: cnitool del: {} {}",
