@@ -7,8 +7,17 @@
 //! - what libcni's `cnitool add` prints (the result after libcni parsed it into its Go type for
 //!   the version, as a runtime sees it);
 //! - the plugin's own stdout, run directly with the configuration libcni would send (stricter:
-//!   libcni drops fields its types do not know, and reorders nothing we would see otherwise);
-//! - the container's addresses and routes in the kernel.
+//!   libcni drops fields its Go types do not know);
+//! - the container's addresses, routes and MTU in the kernel.
+//!
+//! Configurations: a dual-stack gateway bridge with ipMasq, hairpin, MTU, IPAM routes and
+//! host-local `resolvConf`; `isDefaultGateway` with the bridge's own `dns`, host-local's legacy
+//! single-range keys and an address requested with CNI_ARGS `IP=`; a layer-2 bridge with an
+//! IPv6-only range; host-local alone, dual-stack with `resolvConf` and routes, and with its
+//! legacy keys next to `ranges` and a requested address.
+//!
+//! The one difference found is deliberate and asserted (see `compare`): the reference 1.1.1
+//! bridge drops IPAM's DNS. `INTEROP_SHOW=1` prints the compared results.
 //!
 //! Normalised before comparing, as they are random on both sides: MAC addresses, the host veth
 //! name (`veth` + random hex on both), and the container's netns path (checked to be the one
