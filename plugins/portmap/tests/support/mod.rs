@@ -263,8 +263,23 @@ pub fn tcp_via(
     client: &TestNs,
     connect: SocketAddr,
 ) -> Result<SocketAddr, String> {
+    // The previous exchange on this port may still hold it for a moment (the server closed
+    // first, so its side lingers): retry a busy bind briefly.
     let listener = server
-        .run(|| TcpListener::bind(bind))
+        .run(|| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(3);
+            loop {
+                match TcpListener::bind(bind) {
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::AddrInUse
+                            && std::time::Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    other => return other,
+                }
+            }
+        })
         .map_err(|e| format!("bind {bind}: {e}"))?;
     listener.set_nonblocking(true).unwrap();
     let client_done = AtomicBool::new(false);
