@@ -590,6 +590,49 @@ mod tests {
         assert_eq!(out["code"], 4);
     }
 
+    struct LogsFromAThread;
+    impl Plugin for LogsFromAThread {
+        fn about(&self) -> String {
+            "logs from a thread".into()
+        }
+        fn add(&self, _: &CmdArgs) -> Result<CniResult> {
+            // As NetNs::run does: the main thread waits while another one logs.
+            std::thread::scope(|s| s.spawn(|| log::error!("from a worker thread")).join())
+                .map_err(|_| Error::internal("worker panicked"))?;
+            Ok(CniResult::default())
+        }
+        fn del(&self, _: &CmdArgs) -> Result<()> {
+            Ok(())
+        }
+        fn check(&self, _: &CmdArgs) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_thread_can_log_while_the_main_thread_waits() {
+        crate::logging::init();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("l.log");
+        let env = |k: &str| match k {
+            "CNI_LOG_FILE" => Some(log.to_string_lossy().into_owned()),
+            _ => ADD
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string()),
+        };
+        let conf = r#"{"cniVersion":"1.0.0","name":"n","type":"t"}"#;
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = dispatch(
+            &LogsFromAThread,
+            &env,
+            &mut conf.as_bytes(),
+            &mut out,
+            &mut err,
+        );
+        assert_eq!(code, 0);
+    }
+
     #[test]
     fn operations_are_counted_in_the_metrics_file() {
         let dir = tempfile::tempdir().unwrap();
