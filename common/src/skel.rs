@@ -2,12 +2,20 @@
 //! Go's `skel` do, dispatches the verb, and prints the result or the error object.
 //!
 //! Stdout carries only the result (ADD), the version answer (VERSION) or the error object.
+//!
+//! Around every operation skel also does the suite's observability, so plugins need no code
+//! for it: it reads `logLevel`, `logFile` and `metricsFile` from the config (see
+//! [`crate::logging`] and [`crate::metrics`]), names the invocation in every log record,
+//! writes one logfmt line per operation (container ID, network, command, interface, IPs,
+//! duration, result and error) and adds the operation to the metrics file.
 
 use crate::error::{Error, Result};
 use crate::spec::config::{validate_container_id, validate_ifname, validate_network_name};
 use crate::spec::{CniResult, Version};
 use serde_json::Value;
 use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Instant;
 
 /// A CNI verb.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,14 +130,28 @@ pub fn run(plugin: &dyn Plugin) -> ! {
     // stdout and stderr are locked per write, not for the whole run: a log line from a
     // thread working in a netns (`NetNs::run`) would otherwise wait forever for the lock
     // the main thread holds while it waits for that thread.
-    let code = dispatch(
+    let code = dispatch_named(
         plugin,
+        &program_name(),
         &env,
         &mut std::io::stdin().lock(),
         &mut std::io::stdout(),
         &mut std::io::stderr(),
     );
     std::process::exit(code)
+}
+
+/// The plugin's name in logs and metrics: its binary's file name (what the runtime ran, so a
+/// delegated IPAM plugin is named for itself, not for the `type` of the config it was given).
+fn program_name() -> String {
+    std::env::args_os()
+        .next()
+        .as_deref()
+        .map(Path::new)
+        .and_then(Path::file_name)
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// The whole protocol with injected environment and streams, so it can be unit tested.
@@ -141,6 +163,32 @@ pub fn dispatch(
     stdout: &mut dyn Write,
     stderr: &mut dyn Write,
 ) -> i32 {
+    dispatch_named(plugin, &program_name(), env, stdin, stdout, stderr)
+}
+
+/// What the per-operation log line and the metrics need, filled in as dispatch learns it.
+#[derive(Debug, Default)]
+struct OpInfo {
+    command: Option<Command>,
+    container_id: String,
+    ifname: String,
+    netns: String,
+    network: String,
+    /// ADD: the result's addresses; DEL and CHECK: the prevResult's, if any.
+    ips: Vec<String>,
+    metrics_file: Option<String>,
+}
+
+/// [`dispatch`] for a plugin named `name` in logs and metrics.
+pub fn dispatch_named(
+    plugin: &dyn Plugin,
+    name: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    stdin: &mut dyn Read,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> i32 {
+    let started = Instant::now();
     let var = |k: &str| env(k).unwrap_or_default();
     let command = var("CNI_COMMAND");
     if command.is_empty() {
@@ -158,21 +206,128 @@ pub fn dispatch(
         return 0;
     }
     let mut version_for_errors = Version::LATEST;
-    match dispatch_inner(plugin, &command, &var, stdin, &mut version_for_errors) {
+    let mut info = OpInfo {
+        metrics_file: env(crate::metrics::ENV_FILE).filter(|f| !f.is_empty()),
+        ..OpInfo::default()
+    };
+    crate::logging::set_context(name, &command, &var("CNI_CONTAINERID"));
+    let outcome = dispatch_inner(
+        plugin,
+        &command,
+        &var,
+        env,
+        stdin,
+        &mut version_for_errors,
+        &mut info,
+    );
+    let duration = started.elapsed();
+    let (code, failure) = match outcome {
         Ok(Some(out)) => match write_json(stdout, &out) {
-            Ok(()) => 0,
+            Ok(()) => (0, None),
             Err(e) => {
                 let _ = writeln!(stderr, "writing the result: {e}");
-                1
+                (1, Some(Error::io("writing the result", e)))
             }
         },
-        Ok(None) => 0,
+        Ok(None) => (0, None),
         Err(e) => {
-            log::warn!("{} failed: {e}", command);
             let json = e.to_json(version_for_errors.as_str());
             let value = serde_json::to_value(&json).unwrap_or(Value::Null);
             let _ = write_json(stdout, &value);
-            1
+            (1, Some(e))
+        }
+    };
+    observe(name, &command, &info, duration, failure.as_ref());
+    code
+}
+
+/// Codes of errors that are the caller's input or a transient condition (logged at warn);
+/// the rest are the plugin's or the system's failures (logged at error).
+fn is_input_error(code: u32) -> bool {
+    use crate::error::code::*;
+    matches!(
+        code,
+        INCOMPATIBLE_VERSION
+            | UNSUPPORTED_FIELD
+            | UNKNOWN_CONTAINER
+            | INVALID_ENVIRONMENT
+            | DECODE
+            | INVALID_CONFIG
+            | INVALID_NETNS
+            | TRY_AGAIN_LATER
+    )
+}
+
+/// The per-operation log line and the metrics update.
+fn observe(
+    name: &str,
+    command: &str,
+    info: &OpInfo,
+    duration: std::time::Duration,
+    failure: Option<&Error>,
+) {
+    let cmd = match info.command {
+        Some(c) => c.as_str(),
+        None => command,
+    };
+    let level = match (info.command, failure) {
+        (_, Some(e)) if is_input_error(e.code()) => log::Level::Warn,
+        (_, Some(_)) => log::Level::Error,
+        (Some(Command::Version), None) => log::Level::Debug,
+        _ => log::Level::Info,
+    };
+    if crate::logging::enabled(level) {
+        let ips = info.ips.join(",");
+        let ms = format!("{:.3}", duration.as_secs_f64() * 1000.0);
+        let mut fields: Vec<(&str, &str)> = vec![
+            ("plugin", name),
+            ("command", cmd),
+            ("container_id", &info.container_id),
+            ("network", &info.network),
+            ("ifname", &info.ifname),
+            ("netns", &info.netns),
+            ("ips", &ips),
+            ("duration_ms", &ms),
+        ];
+        let (code, msg, details);
+        match failure {
+            None => fields.push(("result", "ok")),
+            Some(e) => {
+                code = e.code().to_string();
+                msg = e.to_string();
+                details = e.to_json("").details;
+                fields.extend([("result", "error"), ("code", &code), ("error", &msg)]);
+                if !details.is_empty() {
+                    fields.push(("details", &details));
+                }
+            }
+        }
+        crate::logging::operation(level, &fields);
+    }
+    // VERSION reads no config and changes nothing: not counted.
+    if let (Some(file), Some(c)) = (&info.metrics_file, info.command) {
+        if c != Command::Version {
+            crate::metrics::update(
+                Path::new(file),
+                &crate::metrics::Observation {
+                    plugin: name,
+                    command: c.as_str(),
+                    duration,
+                    error_code: failure.map(Error::code),
+                },
+            );
+        }
+    }
+}
+
+/// A string key of the config, if present; anything else present is ignored with a warning.
+fn string_key<'a>(conf: &'a Value, key: &str) -> Option<&'a str> {
+    match conf.get(key)? {
+        Value::String(s) => Some(s),
+        Value::Null => None,
+        other => {
+            log::warn!("ignoring {key}: expected a string, got {other}");
+            None
         }
     }
 }
@@ -188,8 +343,10 @@ fn dispatch_inner(
     plugin: &dyn Plugin,
     command: &str,
     var: &dyn Fn(&str) -> String,
+    env: &dyn Fn(&str) -> Option<String>,
     stdin: &mut dyn Read,
     version_for_errors: &mut Version,
+    info: &mut OpInfo,
 ) -> Result<Option<Value>> {
     let cmd = Command::parse(command).ok_or_else(|| {
         Error::env(
@@ -197,6 +354,12 @@ fn dispatch_inner(
             "expected ADD, DEL, CHECK, GC, STATUS or VERSION",
         )
     })?;
+    info.command = Some(cmd);
+    if matches!(cmd, Command::Add | Command::Del | Command::Check) {
+        info.container_id = var("CNI_CONTAINERID");
+        info.ifname = var("CNI_IFNAME");
+        info.netns = var("CNI_NETNS");
+    }
     if cmd == Command::Version {
         return Ok(Some(version_answer(plugin)));
     }
@@ -222,6 +385,20 @@ fn dispatch_inner(
         return Err(Error::Decode(
             "decoding version from network config: not a JSON object".into(),
         ));
+    }
+    // Logging and metrics settings first, so that every later failure is seen where asked.
+    crate::logging::configure(
+        string_key(&conf, "logLevel"),
+        string_key(&conf, "logFile"),
+        env,
+    );
+    if info.metrics_file.is_none() {
+        info.metrics_file = string_key(&conf, "metricsFile")
+            .filter(|f| !f.is_empty())
+            .map(str::to_string);
+    }
+    if let Some(Value::String(n)) = conf.get("name") {
+        info.network = n.clone();
     }
     let version_str = match conf.get("cniVersion") {
         None | Some(Value::Null) => "",
@@ -293,9 +470,15 @@ fn dispatch_inner(
         }
     }
 
+    if matches!(cmd, Command::Del | Command::Check) {
+        if let Ok(Some(prev)) = args.prev_result() {
+            info.ips = prev.ips.iter().map(|ip| ip.address.to_string()).collect();
+        }
+    }
     match cmd {
         Command::Add => {
             let result = plugin.add(&args)?;
+            info.ips = result.ips.iter().map(|ip| ip.address.to_string()).collect();
             Ok(Some(result.to_json(version)?))
         }
         Command::Del => plugin.del(&args).map(|()| None),
@@ -335,10 +518,12 @@ mod tests {
     }
 
     fn run_with(vars: &[(&str, &str)], stdin: &str) -> (i32, Value, String) {
-        let map: HashMap<String, String> = vars
+        let mut map: HashMap<String, String> = vars
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        // The operation lines go to the process's stderr: keep the test output quiet.
+        map.entry("CNI_LOG_LEVEL".into()).or_insert("off".into());
         let env = move |k: &str| map.get(k).cloned();
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let code = dispatch(&Echo, &env, &mut stdin.as_bytes(), &mut out, &mut err);
@@ -403,6 +588,87 @@ mod tests {
         bad_if[3] = ("CNI_IFNAME", "much-too-long-ifname");
         let (_, out, _) = run_with(&bad_if, conf);
         assert_eq!(out["code"], 4);
+    }
+
+    struct LogsFromAThread;
+    impl Plugin for LogsFromAThread {
+        fn about(&self) -> String {
+            "logs from a thread".into()
+        }
+        fn add(&self, _: &CmdArgs) -> Result<CniResult> {
+            // As NetNs::run does: the main thread waits while another one logs.
+            std::thread::scope(|s| s.spawn(|| log::error!("from a worker thread")).join())
+                .map_err(|_| Error::internal("worker panicked"))?;
+            Ok(CniResult::default())
+        }
+        fn del(&self, _: &CmdArgs) -> Result<()> {
+            Ok(())
+        }
+        fn check(&self, _: &CmdArgs) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_thread_can_log_while_the_main_thread_waits() {
+        crate::logging::init();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("l.log");
+        let env = |k: &str| match k {
+            "CNI_LOG_FILE" => Some(log.to_string_lossy().into_owned()),
+            _ => ADD
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string()),
+        };
+        let conf = r#"{"cniVersion":"1.0.0","name":"n","type":"t"}"#;
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = dispatch(
+            &LogsFromAThread,
+            &env,
+            &mut conf.as_bytes(),
+            &mut out,
+            &mut err,
+        );
+        assert_eq!(code, 0);
+    }
+
+    #[test]
+    fn operations_are_counted_in_the_metrics_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.prom");
+        let conf = serde_json::json!({"cniVersion":"1.0.0","name":"n","type":"echo",
+            "metricsFile": file})
+        .to_string();
+        let mut check = ADD.to_vec();
+        check[0] = ("CNI_COMMAND", "CHECK");
+        let mut del = ADD.to_vec();
+        del[0] = ("CNI_COMMAND", "DEL");
+        assert_eq!(run_with(ADD, &conf).0, 0);
+        assert_eq!(run_with(&check, &conf).0, 1);
+        assert_eq!(run_with(&del, &conf).0, 0);
+        assert_eq!(run_with(&del, &conf).0, 0);
+        // Before the config is read only the environment can name the file.
+        let env_only = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_METRICS_FILE", file.to_str().unwrap()),
+        ];
+        assert_eq!(run_with(&env_only, &conf).0, 1);
+        assert_eq!(run_with(&[("CNI_COMMAND", "VERSION")], &conf).0, 0);
+        let m = crate::metrics::Metrics::parse(&std::fs::read_to_string(&file).unwrap());
+        let name = program_name();
+        let n = |c: &str| m.operations.get(&(name.clone(), c.to_string())).copied();
+        assert_eq!(
+            (n("ADD"), n("CHECK"), n("DEL")),
+            (Some(2), Some(1), Some(2))
+        );
+        assert_eq!(n("VERSION"), None);
+        let errors: Vec<_> = m
+            .errors
+            .iter()
+            .map(|((_, c, code), n)| (c.as_str(), code.as_str(), *n))
+            .collect();
+        assert_eq!(errors, [("ADD", "4", 1), ("CHECK", "7", 1)]);
     }
 
     #[test]

@@ -1,0 +1,441 @@
+//! Metrics without a daemon: each invocation adds itself to a Prometheus text-format file,
+//! read by node_exporter's textfile collector (`--collector.textfile.directory`; name the
+//! file `*.prom`).
+//!
+//! Enabled by the config key `metricsFile` or the environment variable `CNI_METRICS_FILE`
+//! (which wins). The file holds three families, labelled by `plugin` (the binary's name) and
+//! `command` (ADD, DEL, CHECK, GC, STATUS):
+//!
+//! - `cni_operations_total` (counter): every operation;
+//! - `cni_operation_errors_total` (counter, with `code`, the CNI error code): failed ones;
+//! - `cni_operation_duration_seconds` (histogram, buckets from 1 ms to 10 s): their duration.
+//!
+//! An update takes an flock on the sibling `<file>.lock` (waiting at most [`LOCK_TIMEOUT`];
+//! past it the update is skipped with a warning), reads the file, adds the operation, writes
+//! `<file>.tmp` (mode 0644), fsyncs it and renames it over the file, so a reader sees either
+//! the old or the new file, never a partial one. The file is this module's own: lines of other
+//! families are not kept. Metrics never fail an operation: every problem is a warning.
+
+use crate::lock;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::{DirBuilder, OpenOptions, Permissions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Environment variable naming the metrics file (wins over the `metricsFile` key).
+pub const ENV_FILE: &str = "CNI_METRICS_FILE";
+
+/// The longest an invocation waits for another one's update before skipping its own.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Upper bounds of the duration histogram's buckets, in seconds (`+Inf` is implied).
+pub const BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+const OPS: &str = "cni_operations_total";
+const ERRORS: &str = "cni_operation_errors_total";
+const DURATION: &str = "cni_operation_duration_seconds";
+
+/// One histogram series: cumulative bucket counts (`+Inf` last), sum and count.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Histogram {
+    pub buckets: [u64; BUCKETS.len() + 1],
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if seconds <= *le {
+                self.buckets[i] += 1;
+            }
+        }
+        self.buckets[BUCKETS.len()] += 1;
+        self.sum += seconds;
+        self.count += 1;
+    }
+}
+
+/// `(plugin, command)`.
+pub type OpKey = (String, String);
+
+/// The whole file's content.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Metrics {
+    pub operations: BTreeMap<OpKey, u64>,
+    /// `(plugin, command, code)`.
+    pub errors: BTreeMap<(String, String, String), u64>,
+    pub durations: BTreeMap<OpKey, Histogram>,
+}
+
+/// One finished operation.
+#[derive(Debug, Clone)]
+pub struct Observation<'a> {
+    pub plugin: &'a str,
+    pub command: &'a str,
+    pub duration: Duration,
+    /// The CNI error code, if it failed.
+    pub error_code: Option<u32>,
+}
+
+impl Metrics {
+    /// Adds one operation.
+    pub fn record(&mut self, o: &Observation) {
+        let key = (o.plugin.to_string(), o.command.to_string());
+        *self.operations.entry(key.clone()).or_default() += 1;
+        if let Some(code) = o.error_code {
+            let ekey = (key.0.clone(), key.1.clone(), code.to_string());
+            *self.errors.entry(ekey).or_default() += 1;
+        }
+        self.durations
+            .entry(key)
+            .or_default()
+            .observe(o.duration.as_secs_f64());
+    }
+
+    /// Reads this module's families from a Prometheus text file; other lines (comments,
+    /// other families, malformed lines) are skipped.
+    pub fn parse(text: &str) -> Metrics {
+        let mut m = Metrics::default();
+        for line in text.lines() {
+            let Some(Sample {
+                name,
+                labels,
+                value,
+            }) = parse_sample(line)
+            else {
+                continue;
+            };
+            let get = |k: &str| {
+                labels
+                    .iter()
+                    .find(|(lk, _)| lk == k)
+                    .map(|(_, v)| v.clone())
+            };
+            let (Some(plugin), Some(command)) = (get("plugin"), get("command")) else {
+                continue;
+            };
+            let int = || parse_count(&value);
+            match name.as_str() {
+                OPS => {
+                    if let Some(n) = int() {
+                        m.operations.insert((plugin, command), n);
+                    }
+                }
+                ERRORS => {
+                    if let (Some(code), Some(n)) = (get("code"), int()) {
+                        m.errors.insert((plugin, command, code), n);
+                    }
+                }
+                _ => {
+                    let Some(part) = name.strip_prefix(DURATION) else {
+                        continue;
+                    };
+                    let h = m.durations.entry((plugin, command)).or_default();
+                    match part {
+                        "_bucket" => {
+                            let (Some(le), Some(n)) = (get("le"), int()) else {
+                                continue;
+                            };
+                            let idx = if le == "+Inf" {
+                                Some(BUCKETS.len())
+                            } else {
+                                le.parse::<f64>()
+                                    .ok()
+                                    .and_then(|le| BUCKETS.iter().position(|b| *b == le))
+                            };
+                            if let Some(i) = idx {
+                                h.buckets[i] = n;
+                            }
+                        }
+                        "_sum" => {
+                            if let Ok(s) = value.parse::<f64>() {
+                                if s.is_finite() {
+                                    h.sum = s;
+                                }
+                            }
+                        }
+                        "_count" => {
+                            if let Some(n) = int() {
+                                h.count = n;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        m
+    }
+
+    /// The Prometheus text format, with HELP and TYPE lines.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP {OPS} CNI plugin operations, by plugin and command.\n# TYPE {OPS} counter"
+        );
+        for ((p, c), n) in &self.operations {
+            let _ = writeln!(out, "{OPS}{} {n}", labels(&[("plugin", p), ("command", c)]));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP {ERRORS} Failed CNI plugin operations, by plugin, command and CNI error code.\n# TYPE {ERRORS} counter"
+        );
+        for ((p, c, code), n) in &self.errors {
+            let l = labels(&[("plugin", p), ("command", c), ("code", code)]);
+            let _ = writeln!(out, "{ERRORS}{l} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP {DURATION} Duration of CNI plugin operations, by plugin and command.\n# TYPE {DURATION} histogram"
+        );
+        for ((p, c), h) in &self.durations {
+            for (i, n) in h.buckets.iter().enumerate() {
+                let le = BUCKETS.get(i).map_or("+Inf".to_string(), |b| b.to_string());
+                let l = labels(&[("plugin", p), ("command", c), ("le", &le)]);
+                let _ = writeln!(out, "{DURATION}_bucket{l} {n}");
+            }
+            let l = labels(&[("plugin", p), ("command", c)]);
+            let _ = writeln!(out, "{DURATION}_sum{l} {}", h.sum);
+            let _ = writeln!(out, "{DURATION}_count{l} {}", h.count);
+        }
+        out
+    }
+}
+
+fn parse_count(v: &str) -> Option<u64> {
+    v.parse::<u64>().ok().or_else(|| {
+        // Another writer may have printed a float ("3e+00"); accept whole numbers.
+        let f = v.parse::<f64>().ok()?;
+        (f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f < 1e18).then_some(f as u64)
+    })
+}
+
+/// `{k="v",...}` with `\\`, `\"` and `\n` escaped, as the text format wants.
+fn labels(pairs: &[(&str, &str)]) -> String {
+    let mut out = String::from("{");
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        for c in v.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
+}
+
+/// One sample line of the text format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    /// Label pairs in order, values unescaped.
+    pub labels: Vec<(String, String)>,
+    /// The value as written.
+    pub value: String,
+}
+
+/// Parses a sample line; `None` for comments, blank and malformed lines. A timestamp after the
+/// value is ignored.
+pub fn parse_sample(line: &str) -> Option<Sample> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let name_end = line
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .unwrap_or(line.len());
+    let name = line[..name_end].to_string();
+    if name.is_empty() {
+        return None;
+    }
+    let mut rest = line[name_end..].chars().peekable();
+    let mut labels = Vec::new();
+    if rest.peek() == Some(&'{') {
+        rest.next();
+        loop {
+            while rest.peek().is_some_and(|c| *c == ' ' || *c == ',') {
+                rest.next();
+            }
+            if rest.peek() == Some(&'}') {
+                rest.next();
+                break;
+            }
+            let mut key = String::new();
+            loop {
+                match rest.next()? {
+                    '=' => break,
+                    c if c.is_ascii_alphanumeric() || c == '_' => key.push(c),
+                    _ => return None,
+                }
+            }
+            if rest.next()? != '"' {
+                return None;
+            }
+            let mut val = String::new();
+            loop {
+                match rest.next()? {
+                    '"' => break,
+                    '\\' => match rest.next()? {
+                        'n' => val.push('\n'),
+                        c => val.push(c),
+                    },
+                    c => val.push(c),
+                }
+            }
+            labels.push((key, val));
+        }
+    }
+    let rest: String = rest.collect();
+    let value = rest.split_whitespace().next()?.to_string();
+    Some(Sample {
+        name,
+        labels,
+        value,
+    })
+}
+
+/// Adds `o` to the file at `path`. Never fails: problems are logged as warnings and the update
+/// is skipped.
+pub fn update(path: &Path, o: &Observation) {
+    if let Err(e) = try_update(path, o) {
+        log::warn!("metrics file {} not updated: {e}", path.display());
+    }
+}
+
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// [`update`], with its error.
+pub fn try_update(path: &Path, o: &Observation) -> crate::Result<()> {
+    use crate::error::IoContext;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .with_io_context(|| format!("creating {}", parent.display()))?;
+    }
+    let _guard = lock::lock(&sibling(path, ".lock"), LOCK_TIMEOUT, "")?;
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(crate::Error::io(format!("reading {}", path.display()), e)),
+    };
+    let mut m = Metrics::parse(&text);
+    m.record(o);
+    let tmp = sibling(path, ".tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        // The mode asked for at creation is cut by the umask, and an old tmp keeps its own.
+        f.set_permissions(Permissions::from_mode(0o644))?;
+        f.write_all(m.render().as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        crate::Error::io(format!("writing {}", path.display()), e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(plugin: &str, command: &str, ms: u64, code: Option<u32>) -> Observation<'static> {
+        Observation {
+            plugin: Box::leak(plugin.to_string().into_boxed_str()),
+            command: Box::leak(command.to_string().into_boxed_str()),
+            duration: Duration::from_millis(ms),
+            error_code: code,
+        }
+    }
+
+    #[test]
+    fn record_render_parse_roundtrip() {
+        let mut m = Metrics::default();
+        m.record(&obs("bridge", "ADD", 3, None));
+        m.record(&obs("bridge", "ADD", 700, Some(7)));
+        m.record(&obs("bridge", "DEL", 20_000, None));
+        m.record(&obs("host-local", "ADD", 1, None));
+        let text = m.render();
+        assert_eq!(Metrics::parse(&text), m, "{text}");
+        assert!(text.contains("cni_operations_total{plugin=\"bridge\",command=\"ADD\"} 2\n"));
+        assert!(text.contains(
+            "cni_operation_errors_total{plugin=\"bridge\",command=\"ADD\",code=\"7\"} 1\n"
+        ));
+        let h = &m.durations[&("bridge".into(), "ADD".into())];
+        // 3 ms is in every bucket from 5 ms up; 700 ms from 1 s up.
+        assert_eq!(h.buckets[..3], [0, 0, 1]);
+        assert_eq!(h.buckets[9..], [2, 2, 2, 2, 2]);
+        assert_eq!(h.count, 2);
+        assert!((h.sum - 0.703).abs() < 1e-9);
+        let del = &m.durations[&("bridge".into(), "DEL".into())];
+        assert_eq!(del.buckets[BUCKETS.len() - 1], 0, "20 s is past 10 s");
+        assert_eq!(del.buckets[BUCKETS.len()], 1);
+        assert!(text.contains("le=\"0.001\""));
+        assert!(text.contains("le=\"+Inf\"} 1\n"));
+        assert!(text.contains("# TYPE cni_operation_duration_seconds histogram"));
+    }
+
+    #[test]
+    fn hostile_labels_are_escaped_and_foreign_lines_dropped() {
+        let mut m = Metrics::default();
+        m.record(&obs(
+            "evil\"} 99\ncni_operations_total{x=\"\\",
+            "ADD",
+            1,
+            None,
+        ));
+        let text = m.render();
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with("cni_operations_total"))
+                .count(),
+            1,
+            "{text}"
+        );
+        let back = Metrics::parse(&format!(
+            "other_metric 5\n# comment\ngarbage {{{{\n{text}cni_operations_total{{plugin=\"x\"}} 3\n"
+        ));
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn update_creates_the_file_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/cni.prom");
+        update(&path, &obs("tuning", "ADD", 2, None));
+        update(&path, &obs("tuning", "ADD", 2, Some(11)));
+        let m = Metrics::parse(&std::fs::read_to_string(&path).unwrap());
+        assert_eq!(m.operations[&("tuning".into(), "ADD".into())], 2);
+        assert_eq!(m.errors[&("tuning".into(), "ADD".into(), "11".into())], 1);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+        assert!(!sibling(&path, ".tmp").exists());
+    }
+}
