@@ -753,8 +753,13 @@ fn troubleshooting_messages_are_the_ones_the_plugins_print() {
         999,
     );
     // The default log level shows the failure on stderr.
-    assert!(run.stderr.contains("ADD failed: "), "{}", run.stderr);
-    assert!(page.contains("ADD failed:"));
+    assert!(
+        run.stderr.contains("plugin=bridge command=ADD")
+            && run.stderr.contains("result=error code=999"),
+        "{}",
+        run.stderr
+    );
+    assert!(page.contains("plugin=bridge command=ADD") && page.contains("result=error code=999"));
     let run = cnirun.run("status", &[], &[]);
     quoted_and_printed(
         &page,
@@ -767,7 +772,7 @@ fn troubleshooting_messages_are_the_ones_the_plugins_print() {
 
     // RUST_LOG=debug prints the plugin invocations and the nft transactions.
     let run = cnirun.run("add", &netns(0), &[("RUST_LOG", "debug")]).ok();
-    assert!(run.stderr.contains("DEBUG"), "{}", run.stderr);
+    assert!(run.stderr.contains("level=debug"), "{}", run.stderr);
     assert!(run.stderr.contains("ADD "), "{}", run.stderr);
     assert!(run.stderr.contains("nft -j -f -"), "{}", run.stderr);
     assert!(page.contains("RUST_LOG=debug"));
