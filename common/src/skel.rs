@@ -456,8 +456,8 @@ fn dispatch_inner(
         version,
     };
     if matches!(cmd, Command::Add | Command::Del | Command::Check) {
-        validate_container_id(&args.container_id)?;
-        validate_ifname(&args.ifname)?;
+        validate_container_id(&args.container_id).map_err(|e| e.context("CNI_CONTAINERID"))?;
+        validate_ifname(&args.ifname).map_err(|e| e.context("CNI_IFNAME"))?;
         let override_set = matches!(
             var("CNI_NETNS_OVERRIDE").to_ascii_lowercase().as_str(),
             "1" | "true"

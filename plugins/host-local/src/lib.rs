@@ -32,7 +32,7 @@ fn open(conf: &IpamConfig, create: bool) -> Result<Option<DiskStore>> {
 impl Plugin for HostLocal {
     fn about(&self) -> String {
         format!(
-            "CNI host-local IPAM plugin (Rust) {}",
+            "host-local plugin v{} (cni-rs): IPAM, addresses from ranges with file-locked state on disk",
             env!("CARGO_PKG_VERSION")
         )
     }

@@ -1,0 +1,5 @@
+//! `loopback`: sets `lo` up in the container's network namespace.
+
+fn main() {
+    common::skel::run(&cni_loopback::Loopback)
+}
