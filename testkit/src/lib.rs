@@ -15,7 +15,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -314,22 +314,54 @@ pub fn tcp_peer_seen(
 }
 
 /// A TCP exchange where the client connects to `connect` (say, a published port) and the
-/// server listens on `listen`; returns the client address the server saw.
+/// server listens on `listen`; returns the client address the server saw. Bounded: the
+/// server gives up a few seconds after nobody came, and a port the previous exchange still
+/// holds is retried for a moment.
 pub fn tcp_via(
     server: &TestNs,
-    listen: SocketAddr,
+    bind: SocketAddr,
     client: &TestNs,
     connect: SocketAddr,
 ) -> Result<SocketAddr, String> {
-    let addr = connect;
+    // The previous exchange on this port may still hold it for a moment (the server closed
+    // first, so its side lingers): retry a busy bind briefly.
     let listener = server
-        .run(|| TcpListener::bind(listen))
-        .map_err(|e| format!("bind {listen}: {e}"))?;
+        .run(|| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(3);
+            loop {
+                match TcpListener::bind(bind) {
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::AddrInUse
+                            && std::time::Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    other => return other,
+                }
+            }
+        })
+        .map_err(|e| format!("bind {bind}: {e}"))?;
+    listener.set_nonblocking(true).unwrap();
+    let client_done = AtomicBool::new(false);
     std::thread::scope(|s| {
         let srv = s.spawn(|| -> Result<SocketAddr, String> {
-            listener.set_nonblocking(false).map_err(|e| e.to_string())?;
-            let (mut conn, peer) = listener.accept().map_err(|e| format!("accept: {e}"))?;
-            conn.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            let deadline = std::time::Instant::now() + Duration::from_secs(4);
+            let (mut conn, peer) = loop {
+                match listener.accept() {
+                    Ok(c) => break c,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if std::time::Instant::now() > deadline
+                            || client_done.load(Ordering::SeqCst)
+                        {
+                            return Err("server: nobody connected".into());
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(e) => return Err(format!("accept: {e}")),
+                }
+            };
+            conn.set_nonblocking(false).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(3))).ok();
             let mut buf = [0u8; 4];
             conn.read_exact(&mut buf)
                 .map_err(|e| format!("server read: {e}"))?;
@@ -338,9 +370,9 @@ pub fn tcp_via(
             Ok(peer)
         });
         let res = client.run(|| -> Result<(), String> {
-            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
-                .map_err(|e| format!("connect {addr}: {e}"))?;
-            c.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            let mut c = TcpStream::connect_timeout(&connect, Duration::from_secs(3))
+                .map_err(|e| format!("connect {connect}: {e}"))?;
+            c.set_read_timeout(Some(Duration::from_secs(3))).ok();
             c.write_all(b"ping")
                 .map_err(|e| format!("client write: {e}"))?;
             let mut buf = [0u8; 4];
@@ -351,10 +383,7 @@ pub fn tcp_via(
             }
             Ok(())
         });
-        if res.is_err() {
-            // Unblock the accept() so the scope can end.
-            let _ = server.run(|| TcpStream::connect_timeout(&listen, Duration::from_millis(200)));
-        }
+        client_done.store(true, Ordering::SeqCst);
         let srv_res = srv
             .join()
             .unwrap_or_else(|_| Err("server thread panicked".into()));

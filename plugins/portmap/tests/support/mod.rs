@@ -4,8 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use serde_json::{Value, json};
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tempfile::TempDir;
@@ -255,81 +254,7 @@ pub fn addr(s: &str, port: u16) -> SocketAddr {
     sock(s.parse().unwrap(), port)
 }
 
-/// A TCP exchange: the server listens on `bind` inside `server`, the client connects to
-/// `connect` from `client`. Returns the peer address the server saw.
-pub fn tcp_via(
-    server: &TestNs,
-    bind: SocketAddr,
-    client: &TestNs,
-    connect: SocketAddr,
-) -> Result<SocketAddr, String> {
-    // The previous exchange on this port may still hold it for a moment (the server closed
-    // first, so its side lingers): retry a busy bind briefly.
-    let listener = server
-        .run(|| {
-            let deadline = std::time::Instant::now() + Duration::from_secs(3);
-            loop {
-                match TcpListener::bind(bind) {
-                    Err(e)
-                        if e.kind() == std::io::ErrorKind::AddrInUse
-                            && std::time::Instant::now() < deadline =>
-                    {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                    other => return other,
-                }
-            }
-        })
-        .map_err(|e| format!("bind {bind}: {e}"))?;
-    listener.set_nonblocking(true).unwrap();
-    let client_done = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        let srv = s.spawn(|| -> Result<SocketAddr, String> {
-            let deadline = std::time::Instant::now() + Duration::from_secs(4);
-            let (mut conn, peer) = loop {
-                match listener.accept() {
-                    Ok(c) => break c,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        if std::time::Instant::now() > deadline
-                            || client_done.load(Ordering::SeqCst)
-                        {
-                            return Err("server: nobody connected".into());
-                        }
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    Err(e) => return Err(format!("accept: {e}")),
-                }
-            };
-            conn.set_nonblocking(false).unwrap();
-            conn.set_read_timeout(Some(Duration::from_secs(3))).ok();
-            let mut buf = [0u8; 4];
-            conn.read_exact(&mut buf)
-                .map_err(|e| format!("server read: {e}"))?;
-            conn.write_all(b"pong")
-                .map_err(|e| format!("server write: {e}"))?;
-            Ok(peer)
-        });
-        let res = client.run(|| -> Result<(), String> {
-            let mut c = TcpStream::connect_timeout(&connect, Duration::from_secs(2))
-                .map_err(|e| format!("connect {connect}: {e}"))?;
-            c.set_read_timeout(Some(Duration::from_secs(3))).ok();
-            c.write_all(b"ping")
-                .map_err(|e| format!("client write: {e}"))?;
-            let mut buf = [0u8; 4];
-            c.read_exact(&mut buf)
-                .map_err(|e| format!("client read: {e}"))?;
-            if &buf != b"pong" {
-                return Err(format!("unexpected reply {buf:?}"));
-            }
-            Ok(())
-        });
-        client_done.store(true, Ordering::SeqCst);
-        let srv_res = srv
-            .join()
-            .unwrap_or_else(|_| Err("server thread panicked".into()));
-        res.and(srv_res)
-    })
-}
+pub use testkit::tcp_via;
 
 /// A UDP exchange from a client socket bound to `from` (or any address when None): the
 /// server on `bind` answers; the client must get the answer from `connect`. Returns the
