@@ -21,7 +21,7 @@
 use common::error::{Error, Result};
 use common::nft::{Family, nft_path};
 use serde_json::{Value, json};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 
 use crate::rules::FORWARD_MARK;
 
@@ -95,10 +95,10 @@ pub fn state_of_listing(doc: &Value) -> HookState {
     }
 }
 
-/// Kernel: `nft -j list chain FAMILY filter FORWARD`.
-pub fn state_in_kernel(family: Family) -> Result<HookState> {
+/// Kernel: starts `nft -j list chain FAMILY filter FORWARD` (stdout and stderr piped).
+fn spawn_listing(family: Family) -> Result<Child> {
     let nft = nft_path()?;
-    let out = Command::new(&nft)
+    Command::new(&nft)
         .args([
             "-j",
             "list",
@@ -107,8 +107,18 @@ pub fn state_in_kernel(family: Family) -> Result<HookState> {
             IPTABLES_TABLE,
             IPTABLES_CHAIN,
         ])
-        .output()
-        .map_err(|e| Error::Nft(format!("running {}: {e}", nft.display())))?;
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Nft(format!("running {}: {e}", nft.display())))
+}
+
+/// Reads what a listing started by [`spawn_listing`] printed.
+fn state_of_child(family: Family, child: Child) -> Result<HookState> {
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::Nft(format!("waiting for nft: {e}")))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         if stderr.contains("No such file or directory") {
@@ -127,13 +137,24 @@ pub fn state_in_kernel(family: Family) -> Result<HookState> {
     Ok(state_of_listing(&doc))
 }
 
-/// Kernel: the insert commands for the families whose `FORWARD` chain lacks the rule.
+/// Kernel: `nft -j list chain FAMILY filter FORWARD`.
+pub fn state_in_kernel(family: Family) -> Result<HookState> {
+    state_of_child(family, spawn_listing(family)?)
+}
+
+/// Kernel: the insert commands for the families whose `FORWARD` chain lacks the rule. The
+/// listings of the families run side by side (nft 1.0.6 cannot list two chains in one
+/// process: the second `list chain` of one input fails with `No such file or directory`).
 pub fn missing_inserts(families: &[Family]) -> Result<Vec<Value>> {
-    let mut cmds = Vec::new();
+    let mut children = Vec::new();
     for f in families {
-        if state_in_kernel(*f)? == HookState::Missing {
+        children.push((*f, spawn_listing(*f)?));
+    }
+    let mut cmds = Vec::new();
+    for (f, child) in children {
+        if state_of_child(f, child)? == HookState::Missing {
             log::debug!("inserting the hand-off rule into {f} {IPTABLES_TABLE} {IPTABLES_CHAIN}");
-            cmds.push(insert_cmd(*f));
+            cmds.push(insert_cmd(f));
         }
     }
     Ok(cmds)

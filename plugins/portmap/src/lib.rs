@@ -2,7 +2,7 @@
 //! nftables DNAT, for the `portMappings` capability. Chained: it reads the container's
 //! addresses from prevResult and returns prevResult unchanged.
 //!
-//! ADD: one nft transaction (two with conditionsV4/V6), after `route_localnet` is set on
+//! ADD: one nft transaction (conditionsV4/V6 included, see [`text`]), after `route_localnet` is set on
 //! the host interface towards the container (snat, IPv4); then the UDP conntrack entries of
 //! the published host ports are flushed. DEL: one transaction without listing when
 //! prevResult and the mappings are known, else a listing by comment; then the same flush.
@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod rules;
+pub mod text;
 
 use common::conntrack::{self, Entry, PROTO_UDP};
 use common::error::{Error, Result};

@@ -489,8 +489,9 @@ fn by_set<'a>(elements: Vec<(&'a SetDef<'a>, Key)>) -> Vec<(&'a SetDef<'a>, Vec<
     out
 }
 
-/// The text transaction that writes the conditions chains of the families that have
-/// conditions (nft's JSON input cannot take match expressions written in nft syntax).
+/// The text commands that write the conditions chains of the families that have
+/// conditions (nft's JSON input cannot take match expressions written in nft syntax);
+/// [`add_rules`] appends them to the batch rendered as text.
 /// `None` when no family has conditions.
 pub fn conditions_script(rules: &AttachmentRules) -> Option<String> {
     let name = rules.table_name();
@@ -551,22 +552,17 @@ fn apply_text(script: &str) -> Result<std::result::Result<(), String>> {
     }
 }
 
-/// Kernel: installs the attachment's rules: one JSON transaction, preceded by one text
-/// transaction when the config has conditions (a rejected condition fails there, code 7,
-/// before anything changed). Nothing to install → no nft call.
+/// Kernel: installs the attachment's rules in ONE transaction: the JSON batch, or, when the
+/// config has conditions, the batch rendered as text followed by the conditions chains (a
+/// rejected condition fails it as a whole, code 7, so nothing changes). Should the batch not
+/// render as text, the conditions go first in a transaction of their own. Nothing to
+/// install → no nft call.
 pub fn add_rules(rules: &AttachmentRules) -> Result<()> {
     let batch = add_batch(rules)?;
     if batch.is_empty() {
         return Ok(());
     }
-    if let Some(script) = conditions_script(rules) {
-        if let Err(stderr) = apply_text(&script)? {
-            return Err(Error::config(format!(
-                "conditionsV4/conditionsV6 rejected by nft: {stderr}"
-            )));
-        }
-    }
-    nft::apply_to_kernel(&batch).map_err(|e| {
+    let ctx = |e: Error| {
         let conflict = e.to_string().contains("File exists");
         let e = e.context(format!(
             "adding port mappings of {}/{} to table inet {}",
@@ -579,7 +575,35 @@ pub fn add_rules(rules: &AttachmentRules) -> Result<()> {
         } else {
             e
         }
-    })
+    };
+    let Some(conditions) = conditions_script(rules) else {
+        return nft::apply_to_kernel(&batch).map_err(ctx);
+    };
+    let rejected = |stderr: &str| {
+        Error::config(format!(
+            "conditionsV4/conditionsV6 rejected by nft: {stderr}"
+        ))
+    };
+    match crate::text::render(&batch.to_json()) {
+        Some(mut script) => {
+            script.push_str(&conditions);
+            match apply_text(&script)? {
+                Ok(()) => Ok(()),
+                // nft quotes the command it refused: a conditions chain's rule is the config's.
+                Err(stderr)
+                    if stderr.contains(" conditions4 ") || stderr.contains(" conditions6 ") =>
+                {
+                    Err(rejected(&stderr))
+                }
+                Err(stderr) => Err(ctx(Error::Nft(format!("nft: {stderr}")))),
+            }
+        }
+        None => {
+            log::debug!("the batch does not render as nft text: two transactions");
+            apply_text(&conditions)?.map_err(|stderr| rejected(&stderr))?;
+            nft::apply_to_kernel(&batch).map_err(ctx)
+        }
+    }
 }
 
 /// The UDP mappings of one attachment read back from a listing (DEL without prevResult).
