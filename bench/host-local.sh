@@ -1,6 +1,6 @@
 #!/bin/sh
-# host-local ADD/DEL latency with 10, 1,000 and 10,000 existing allocations, for our release
-# binary and the reference one (/usr/lib/cni/host-local, or $REFERENCE). Prints a table;
+# host-local ADD/DEL latency with 10, 1,000, 10,000 and 50,000 existing allocations, for our
+# release binary and the reference one (/usr/lib/cni/host-local, or $REFERENCE). Prints a table;
 # never fails on the figures. Usage: bench/host-local.sh [RUNS]
 set -eu
 cd "$(dirname "$0")/.."

@@ -7,12 +7,16 @@
 #              iptables (iptables-nft: the firewall tests check iptables still reads its chains)
 #   --interop: the reference plugins (containernetworking-plugins, /usr/lib/cni) and
 #              libcni's cnitool, built from Debian's source package of libcni
+#   --bench:   what bench/compare.sh needs besides --interop: gnuplot (gnuplot-nox, the PNG plot),
+#              time (/usr/bin/time, peak memory), busybox-static and curl (chain-bench's checks)
 set -euo pipefail
 
 interop=0
+bench=0
 for a in "$@"; do
   case $a in
     --interop) interop=1 ;;
+    --bench) bench=1 ;;
     -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     *) echo "unknown argument: $a" >&2; exit 2 ;;
   esac
@@ -25,6 +29,7 @@ installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" = "in
 
 pkgs=(nftables iproute2 iputils-ping netcat-openbsd jq ca-certificates iptables)
 [ "$interop" = 1 ] && pkgs+=(containernetworking-plugins golang-go golang-github-appc-cni-dev dpkg-dev xz-utils)
+[ "$bench" = 1 ] && pkgs+=(gnuplot-nox time busybox-static curl)
 
 # libcni's cnitool is not in a binary package; its source package is, which needs deb-src.
 srclist=/etc/apt/sources.list.d/cni-rs-debsrc.sources

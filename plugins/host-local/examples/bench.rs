@@ -1,8 +1,10 @@
 //! Latency of host-local ADD and DEL, one process per call as a runtime makes them, with
-//! 10, 1,000 and 10,000 allocations already in the data directory (written directly in the
-//! reference layout). Prints figures only; it never passes or fails on time.
+//! 10, 1,000, 10,000 and 50,000 allocations already in the data directory (written directly in
+//! the reference layout). Prints figures only; it never passes or fails on time.
 //!
 //! Usage: `bench [OURS_BINARY] [REFERENCE_BINARY] [RUNS]` (see bench/host-local.sh).
+//! `BENCH_SIZES=10,1000` picks other allocation counts; `BENCH_CSV=FILE` also writes one
+//! `binary,existing,add_ms,del_ms` line per row (bench/compare.sh plots it).
 #![allow(clippy::print_stdout)]
 
 use std::error::Error;
@@ -156,9 +158,31 @@ fn main() -> Res<()> {
     println!(
         "|---------------------:|-----------|-----------:|-----------:|----------------------------:|---------------------------:|"
     );
-    for existing in [10, 1_000, 10_000] {
+    let sizes: Vec<u32> = std::env::var("BENCH_SIZES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![10, 1_000, 10_000, 50_000]);
+    let mut csv = match std::env::var_os("BENCH_CSV") {
+        Some(path) => {
+            let mut f = fs::File::create(path)?;
+            writeln!(f, "binary,existing,add_ms,del_ms")?;
+            Some(f)
+        }
+        None => None,
+    };
+    for existing in sizes {
         for (name, bin) in &binaries {
             let r = measure(name, bin, existing, runs)?;
+            if let Some(f) = csv.as_mut() {
+                writeln!(
+                    f,
+                    "{},{},{:.3},{:.3}",
+                    r.binary,
+                    r.existing,
+                    r.add.as_secs_f64() * 1000.0,
+                    r.del.as_secs_f64() * 1000.0
+                )?;
+            }
             println!(
                 "| {:>20} | {:<9} | {:>10} | {:>10} | {:>27} | {:>26} |",
                 r.existing,

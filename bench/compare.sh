@@ -1,0 +1,247 @@
+#!/usr/bin/env bash
+# compare.sh -- this project's plugins against the reference plugins, back to back in one run,
+# on the same machine. Prints figures and their ratio (ours / reference); it never passes or
+# fails on time.
+#
+# usage: sudo bench/compare.sh [N]          (N containers per chain run, default 50)
+#
+#   1. the six-plugin chain (bridge + host-local, portmap, firewall, tuning, bandwidth) under
+#      libcni's cnitool, every container with a port mapping, a sysctl and bandwidth limits:
+#      ADD/DEL median and p95, N containers sequentially and 8 at a time; then once more
+#      through a timing shim for each plugin's own ADD/DEL time within the chain; then a
+#      short run (10 containers) with every plugin under `/usr/bin/time -f %M` for its peak
+#      resident memory. The chain runs are ../shared/bench/chain-bench.sh (beside the
+#      repository, as in CI; CHAIN_BENCH=path overrides); without it those sections are
+#      skipped and the table says so.
+#   2. host-local ADD/DEL with 10, 1,000, 10,000 and 50,000 existing allocations
+#      (plugins/host-local/examples/bench.rs, HL_RUNS calls per figure, default 21).
+#   3. the size of each plugin binary (target/release, the static build if present, the
+#      reference).
+#
+# Writes bench/results/<date>.md (machine, versions, tables), bench/results/host-local.csv
+# and bench/results/host-local.png (latency against allocations, log x; needs gnuplot:
+# scripts/install-deps.sh --bench), and prints the tables.
+#   REF=/usr/lib/cni  PAR=8  HL_RUNS=21  OUT=bench/results
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-50}
+[[ $N =~ ^[0-9]+$ ]] && [ "$N" -ge 2 ] || { echo "usage: bench/compare.sh [N>=2]" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || { echo "compare.sh: run as root (the chain creates namespaces, links, rules)" >&2; exit 1; }
+REF=$(readlink -f "${REF:-/usr/lib/cni}")
+PAR=${PAR:-8}
+HL_RUNS=${HL_RUNS:-21}
+OUT=${OUT:-bench/results}
+CHAIN_BENCH=${CHAIN_BENCH:-../shared/bench/chain-bench.sh}
+PLUGINS=(bridge host-local portmap firewall tuning bandwidth)
+DATE=$(date -u +%F)
+REPORT=$OUT/$DATE.md
+mkdir -p "$OUT"
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+say() { echo "[compare] $*" >&2; }
+
+say "building release binaries"
+cargo build --release --workspace --quiet
+cargo build --release --quiet -p cni-host-local --example bench
+OURS=$PWD/target/release
+STATIC=$(ls -d target/*-linux-gnu/release 2>/dev/null | head -1 || true)
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a == "null" || b == "null" || b + 0 == 0) print "–"; else printf (a / b < 0.1 ? "%.3f" : "%.2f"), a / b }'; }
+fmt_ms() { case $1 in ""|null) echo "–" ;; *) printf '%.1f ms' "$1" ;; esac; }
+json() { sed -n 's/^RESULT //p' "$1" | jq -r ".$2 // \"null\""; }
+
+# ------------------------------------------------------------------ machine
+pkgver() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo unknown; }
+machine=$(
+  echo "- date: $(date -u '+%F %H:%M UTC'), N=$N containers per chain run, $PAR at a time for the parallel run"
+  echo "- machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(awk '/MemTotal/ {printf "%.1f GiB RAM", $2 / 1048576}' /proc/meminfo)"
+  echo "- load average at the start: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine makes figures noisy; compare ratios)"
+  echo "- kernel $(uname -r), Debian $(cat /etc/debian_version 2>/dev/null || echo '?'), $(rustc -V)"
+  echo "- reference: $REF (containernetworking-plugins $(pkgver containernetworking-plugins)); runtime: $(command -v cnitool || echo 'no cnitool') (libcni $(pkgver golang-github-appc-cni-dev))"
+)
+
+# ------------------------------------------------------------------ chain
+chain_md=""
+if [ -x "$CHAIN_BENCH" ] && command -v cnitool >/dev/null && [ -x "$REF/bridge" ]; then
+  run_chain() {  # tag plugin_dir parallel outfile [env...]
+    local tag=$1 dir=$2 par=$3 out=$4; shift 4
+    say "chain: $tag, $N containers, $par at a time ${*:-}"
+    env TAG="$tag" "$@" "$CHAIN_BENCH" "$dir" "$N" "$par" >"$out" 2>&1 ||
+      say "chain run $tag reported a failure (see below); figures kept"
+    grep -E '^  (ADD|DEL|check|wall|LEFTOVER|add|del) ' "$out" | sed 's/^/    /' >&2 || true
+  }
+  declare -A dirs=([ours]=$OURS [ref]=$REF)
+  # Peak RSS: every plugin behind a shim that runs it under /usr/bin/time.
+  for set in ours ref; do
+    mkdir -p "$W/rss-$set"
+    for p in "${PLUGINS[@]}"; do
+      printf '#!/bin/sh\nexec /usr/bin/time -a -o %s -f "$CNI_COMMAND %s %%M" %s "$@"\n' \
+        "$W/rss-$set.log" "$p" "${dirs[$set]}/$p" >"$W/rss-$set/$p"
+      chmod +x "$W/rss-$set/$p"
+    done
+  done
+  # Ours and the reference alternate run by run, so a slow spell of the machine hits both.
+  for set in ours ref; do run_chain "$set" "${dirs[$set]}" 1 "$W/seq-$set"; done
+  for set in ours ref; do run_chain "$set" "${dirs[$set]}" "$PAR" "$W/par-$set"; done
+  for set in ours ref; do run_chain "$set" "${dirs[$set]}" 1 "$W/prof-$set" PROFILE=1 CHECK=0; done
+  if [ -x /usr/bin/time ]; then
+    N_SAVE=$N; N=10
+    for set in ours ref; do run_chain "$set" "$W/rss-$set" 1 "$W/rssrun-$set" CHECK=0; done
+    N=$N_SAVE
+  fi
+  row() {  # label file-ours file-ref
+    local am ap dm dp ram rap rdm rdp
+    am=$(json "$2" add_median_ms); ap=$(json "$2" add_p95_ms)
+    dm=$(json "$2" del_median_ms); dp=$(json "$2" del_p95_ms)
+    ram=$(json "$3" add_median_ms); rap=$(json "$3" add_p95_ms)
+    rdm=$(json "$3" del_median_ms); rdp=$(json "$3" del_p95_ms)
+    echo "| $1 | ADD median | $(fmt_ms "$am") | $(fmt_ms "$ram") | $(ratio "$am" "$ram") |"
+    echo "| $1 | ADD p95 | $(fmt_ms "$ap") | $(fmt_ms "$rap") | $(ratio "$ap" "$rap") |"
+    echo "| $1 | DEL median | $(fmt_ms "$dm") | $(fmt_ms "$rdm") | $(ratio "$dm" "$rdm") |"
+    echo "| $1 | DEL p95 | $(fmt_ms "$dp") | $(fmt_ms "$rdp") | $(ratio "$dp" "$rdp") |"
+  }
+  okline() {  # file -> "ADD a/N, DEL d/N ok, checks ok|failed, host clean|not"
+    echo "$(json "$1" add_ok)/$N ADD, $(json "$1" del_ok)/$N DEL ok, checks $(json "$1" checks_ok), host clean $(json "$1" clean)"
+  }
+  # per-plugin: "    ADD bridge     calls=50 ok=50 median=  x ms  p95=  y ms ..."
+  prof() {  # file cmd plugin field(median|p95)
+    awk -v c="$2" -v p="$3" -v f="$4=" '$1 == c && $2 == p {
+        for (i = 3; i <= NF; i++) if ($i == f) { print $(i + 1); exit }
+        for (i = 3; i <= NF; i++) if (index($i, f) == 1) { v = substr($i, length(f) + 1); if (v != "") { print v; exit } } }' "$1"
+  }
+  rss() {  # log cmd plugin -> max KiB
+    awk -v c="$2" -v p="$3" '$1 == c && $2 == p && $3 > m { m = $3 } END { if (m) print m }' "$1" 2>/dev/null
+  }
+  chain_md=$(
+    echo "### Six-plugin chain under cnitool"
+    echo
+    echo "bridge (isGateway, ipMasq, hairpin) + host-local, portmap (one hostPort per container),"
+    echo "firewall, tuning (net.core.somaxconn), bandwidth (ingress and egress limits); wall time"
+    echo "per container of \`cnitool add|del\` (cnitool's own start-up included)."
+    echo
+    echo "| run | figure | ours | reference | ratio |"
+    echo "| --- | --- | ---: | ---: | ---: |"
+    row "$N sequential" "$W/seq-ours" "$W/seq-ref"
+    row "$N, $PAR at a time" "$W/par-ours" "$W/par-ref"
+    echo
+    echo "Runs: ours sequential $(okline "$W/seq-ours"); reference sequential $(okline "$W/seq-ref");"
+    echo "ours parallel $(okline "$W/par-ours"); reference parallel $(okline "$W/par-ref")."
+    echo
+    echo "Each plugin's own time within the chain ($N containers sequentially, medians (p95); a"
+    echo "timing shim around every plugin adds ~2 ms to each figure; host-local is called by"
+    echo "bridge, so bridge's figure includes it):"
+    echo
+    echo "| plugin | ours ADD | reference ADD | ratio | ours DEL | reference DEL | ratio |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    for p in "${PLUGINS[@]}"; do
+      oa=$(prof "$W/prof-ours" ADD "$p" median); ra=$(prof "$W/prof-ref" ADD "$p" median)
+      od=$(prof "$W/prof-ours" DEL "$p" median); rd=$(prof "$W/prof-ref" DEL "$p" median)
+      oap=$(prof "$W/prof-ours" ADD "$p" p95); rap=$(prof "$W/prof-ref" ADD "$p" p95)
+      odp=$(prof "$W/prof-ours" DEL "$p" p95); rdp=$(prof "$W/prof-ref" DEL "$p" p95)
+      echo "| $p | $(fmt_ms "$oa") ($(fmt_ms "$oap")) | $(fmt_ms "$ra") ($(fmt_ms "$rap")) | $(ratio "$oa" "$ra") | $(fmt_ms "$od") ($(fmt_ms "$odp")) | $(fmt_ms "$rd") ($(fmt_ms "$rdp")) | $(ratio "$od" "$rd") |"
+    done
+  )
+  rss_rows() {
+    for p in "${PLUGINS[@]}"; do
+      oa=$(rss "$W/rss-ours.log" ADD "$p"); ra=$(rss "$W/rss-ref.log" ADD "$p")
+      od=$(rss "$W/rss-ours.log" DEL "$p"); rd=$(rss "$W/rss-ref.log" DEL "$p")
+      echo "$p ${oa:-} ${ra:-} ${od:-} ${rd:-}"
+    done
+  }
+  rss_rows >"$W/rss.txt"
+else
+  chain_md="### Six-plugin chain: not run
+
+$CHAIN_BENCH (the shared chain benchmark, kept beside the repository in CI), cnitool
+(scripts/install-deps.sh --interop) or the reference plugins in $REF are missing here, so the
+chain, per-plugin and memory figures were skipped."
+  : >"$W/rss.txt"
+fi
+
+# ------------------------------------------------------------------ host-local
+say "host-local with 10 .. 50,000 existing allocations, $HL_RUNS calls per figure"
+hl_ref=$REF/host-local
+BENCH_CSV=$OUT/host-local.csv target/release/examples/bench "$OURS/host-local" "$hl_ref" "$HL_RUNS" >"$W/hl.txt"
+hl_md=$(
+  echo "### host-local with existing allocations"
+  echo
+  echo "One process per call as a runtime makes them, median of $HL_RUNS calls, N allocations"
+  echo "already in the data directory:"
+  echo
+  echo "| existing allocations | ours ADD | reference ADD | ratio | ours DEL | reference DEL | ratio |"
+  echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  tail -n +2 "$OUT/host-local.csv" | sort -t, -k2,2n -s | awk -F, '
+    function f(v) { return (v == "") ? "–" : sprintf("%.2f ms", v) }
+    function r(a, b) { return (a == "" || b == "" || b + 0 == 0) ? "–" : sprintf(a / b < 0.1 ? "%.3f" : "%.2f", a / b) }
+    !($2 in seen) { seen[$2] = 1; order[++n] = $2 }
+    { a[$1, $2] = $3; d[$1, $2] = $4 }
+    END { for (i = 1; i <= n; i++) { e = order[i]
+        printf "| %s | %s | %s | %s | %s | %s | %s |\n", e, f(a["rust", e]), f(a["reference", e]),
+          r(a["rust", e], a["reference", e]), f(d["rust", e]), f(d["reference", e]),
+          r(d["rust", e], d["reference", e]) } }'
+  echo
+  echo "![host-local latency against existing allocations](host-local.png)"
+)
+
+# ------------------------------------------------------------------ plot
+if command -v gnuplot >/dev/null; then
+  say "plotting $OUT/host-local.png"
+  awk -F, 'NR > 1 && $1 == "rust"' "$OUT/host-local.csv" | tr , ' ' >"$W/ours.dat"
+  awk -F, 'NR > 1 && $1 == "reference"' "$OUT/host-local.csv" | tr , ' ' >"$W/ref.dat"
+  gnuplot <<GP
+set terminal pngcairo size 900,560 font "sans,11"
+set output "$OUT/host-local.png"
+set title "host-local: one ADD / DEL call against existing allocations ($DATE, $(nproc) CPUs)"
+set logscale xy
+set xlabel "existing allocations in the data directory"
+set ylabel "median wall time per call (ms)"
+set xrange [5:100000]
+set key top left
+set grid
+plot "$W/ours.dat" using 2:3 with linespoints lw 2 pt 7 title "cni-rs ADD", \
+     "$W/ours.dat" using 2:4 with linespoints lw 2 pt 5 dt 2 title "cni-rs DEL", \
+     "$W/ref.dat" using 2:3 with linespoints lw 2 pt 7 title "reference ADD", \
+     "$W/ref.dat" using 2:4 with linespoints lw 2 pt 5 dt 2 title "reference DEL"
+GP
+else
+  say "gnuplot missing (scripts/install-deps.sh --bench): no PNG"
+fi
+
+# ------------------------------------------------------------------ sizes + RSS
+kib() { [ -n "${1:-}" ] && awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }' || echo "–"; }
+size_of() { [ -f "$1" ] && stat -c %s "$1" || true; }
+mib() { [ -n "${1:-}" ] && awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }' || echo "–"; }
+res_md=$(
+  echo "### Binary size and peak resident memory"
+  echo
+  echo "Size on disk of target/release${STATIC:+ and the static build ($STATIC)} against $REF; peak"
+  echo "resident set of each plugin's ADD and DEL in the chain, the largest over 10 containers"
+  echo "(\`/usr/bin/time -f %M\`: the largest single process of the call, children such as"
+  echo "\`nft\`, \`iptables\` or bridge's host-local included)."
+  echo
+  echo "| plugin | size ours | ${STATIC:+size ours static | }size reference | ratio | peak RSS ADD ours | reference | ratio | peak RSS DEL ours | reference | ratio |"
+  echo "| --- | ---: | ${STATIC:+---: | }---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  for p in "${PLUGINS[@]}"; do
+    so=$(size_of "$OURS/$p"); sr=$(size_of "$REF/$p")
+    ss=""; [ -n "$STATIC" ] && ss="$(mib "$(size_of "$STATIC/$p")") | "
+    read -r _ oa ra od rd < <(grep "^$p " "$W/rss.txt" || echo "$p")
+    echo "| $p | $(mib "$so") | $ss$(mib "$sr") | $(ratio "$so" "$sr") | $(kib "$oa") | $(kib "$ra") | $(ratio "$oa" "$ra") | $(kib "$od") | $(kib "$rd") | $(ratio "$od" "$rd") |"
+  done
+)
+
+{
+  echo "## cni-rs against the reference plugins, $DATE"
+  echo
+  echo "Produced by \`sudo bench/compare.sh $N\`; ratio = ours / reference (below 1: ours is"
+  echo "faster or smaller). Figures, never a pass/fail."
+  echo
+  echo "$machine"
+  echo
+  echo "$chain_md"
+  echo
+  echo "$hl_md"
+  echo
+  echo "$res_md"
+} >"$REPORT"
+cat "$REPORT"
+say "wrote $REPORT, $OUT/host-local.csv${OUT:+ and $OUT/host-local.png}"
