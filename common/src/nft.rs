@@ -237,6 +237,28 @@ pub fn key_concat(parts: Vec<Value>) -> Value {
     json!({"concat": parts})
 }
 
+// Rule expressions, in the JSON form `nft -j list` prints them (so CHECK can compare).
+
+/// `left == right`.
+pub fn matches(left: Value, right: Value) -> Value {
+    json!({"match": {"op": "==", "left": left, "right": right}})
+}
+
+/// A packet field, e.g. `payload("ip", "saddr")`.
+pub fn payload(protocol: &str, field: &str) -> Value {
+    json!({"payload": {"protocol": protocol, "field": field}})
+}
+
+/// A meta key, e.g. `meta("iifname")`.
+pub fn meta(key: &str) -> Value {
+    json!({"meta": {"key": key}})
+}
+
+/// A reference to a named set or map (`@name`).
+pub fn set_ref(set: &SetDef<'_>) -> Value {
+    Value::from(format!("@{}", set.name))
+}
+
 /// One transaction for `nft -j -f -`: a list of commands, applied all or nothing by
 /// [`apply_to_kernel`].
 #[derive(Debug, Clone, Default, PartialEq)]

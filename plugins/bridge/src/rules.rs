@@ -41,7 +41,10 @@
 //! attachment's removes it for the other.
 
 use common::error::{Error, Result};
-use common::nft::{self, Batch, ChainDef, Family, Hook, Key, SetDef, TableRef, attachment_comment};
+use common::nft::{
+    self, Batch, ChainDef, Family, Hook, Key, SetDef, TableRef, attachment_comment, matches,
+    payload, set_ref,
+};
 use common::spec::config::Attachment;
 use ipnetwork::IpNetwork;
 use serde_json::{Value, json};
@@ -206,18 +209,6 @@ fn normalize_mac(mac: &str) -> Result<String> {
     } else {
         Err(Error::config(format!("macspoofchk: invalid MAC {mac:?}")))
     }
-}
-
-fn matches(left: Value, right: Value) -> Value {
-    json!({"match": {"op": "==", "left": left, "right": right}})
-}
-
-fn payload(protocol: &str, field: &str) -> Value {
-    json!({"payload": {"protocol": protocol, "field": field}})
-}
-
-fn set_ref(set: &SetDef<'_>) -> Value {
-    Value::from(format!("@{}", set.name))
 }
 
 /// The fixed rules of the masquerade chain, in order.

@@ -57,6 +57,7 @@
 use common::error::{Error, Result};
 use common::nft::{
     self, Batch, ChainDef, Family, Hook, Key, SetDef, TableListing, TableRef, attachment_comment,
+    matches, meta, payload, set_ref,
 };
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -282,22 +283,6 @@ impl AttachmentRules {
         }
         f
     }
-}
-
-fn matches(left: Value, right: Value) -> Value {
-    json!({"match": {"op": "==", "left": left, "right": right}})
-}
-
-fn payload(protocol: &str, field: &str) -> Value {
-    json!({"payload": {"protocol": protocol, "field": field}})
-}
-
-fn meta(key: &str) -> Value {
-    json!({"meta": {"key": key}})
-}
-
-fn set_ref(set: &SetDef<'_>) -> Value {
-    Value::from(format!("@{}", set.name))
 }
 
 /// The fixed rules of `isolation`, in order.

@@ -50,6 +50,7 @@ use crate::config::{Mapping, Proto};
 use common::error::{Error, Result};
 use common::nft::{
     self, Batch, ChainDef, Family, Hook, Key, SetDef, TableListing, TableRef, attachment_comment,
+    matches, payload, set_ref,
 };
 use common::spec::config::Attachment;
 use serde_json::{Value, json};
@@ -206,18 +207,6 @@ pub struct Policy {
 
 // ---------------------------------------------------------------------------------------
 // Rule statements, in the JSON form `nft -j list` prints them.
-
-fn matches(left: Value, right: Value) -> Value {
-    json!({"match": {"op": "==", "left": left, "right": right}})
-}
-
-fn payload(protocol: &str, field: &str) -> Value {
-    json!({"payload": {"protocol": protocol, "field": field}})
-}
-
-fn set_ref(set: &SetDef<'_>) -> Value {
-    Value::from(format!("@{}", set.name))
-}
 
 fn ct_dnat() -> Value {
     json!({"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}})
