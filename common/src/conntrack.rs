@@ -333,26 +333,7 @@ impl Conntrack {
 
     /// Reads one datagram whole into `self.buf`.
     fn recv(&mut self, op: &str) -> Result<usize> {
-        loop {
-            self.buf.clear();
-            let peeked = match self
-                .sock
-                .recv(&mut self.buf, libc::MSG_PEEK | libc::MSG_TRUNC)
-            {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_err(op, e)),
-            };
-            self.buf.clear();
-            if peeked > self.buf.capacity() {
-                self.buf.reserve(peeked);
-            }
-            match self.sock.recv(&mut self.buf, 0) {
-                Ok(n) => return Ok(n.min(self.buf.len())),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_err(op, e)),
-            }
-        }
+        crate::netlink::recv_whole(&self.sock, &mut self.buf).map_err(|e| io_err(op, e))
     }
 
     /// Collects the replies to request `seq`: entries until NLMSG_DONE, or an error/ack.

@@ -132,6 +132,8 @@ mod addr;
 mod link;
 mod route;
 mod socket;
+
+pub(crate) use socket::recv_whole;
 pub mod tc;
 mod wait;
 

@@ -32,6 +32,28 @@ fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
+/// Reads one datagram whole into `buf` (peeking its size first, so a reply larger than the
+/// buffer is not truncated) and returns its length. Shared by every netlink family we speak.
+pub(crate) fn recv_whole(sock: &Socket, buf: &mut Vec<u8>) -> io::Result<usize> {
+    loop {
+        buf.clear();
+        let peeked = match sock.recv(buf, libc::MSG_PEEK | libc::MSG_TRUNC) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        buf.clear();
+        if peeked > buf.capacity() {
+            buf.reserve(peeked);
+        }
+        match sock.recv(buf, 0) {
+            Ok(n) => return Ok(n.min(buf.len())),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn io_err(op: &str, e: io::Error) -> Error {
     match e.raw_os_error() {
         Some(errno) => Error::netlink(op, errno),
@@ -156,29 +178,10 @@ impl NlSocket {
 
     /// Reads one datagram whole into `self.buf` and returns its length.
     fn recv_datagram(&mut self, op: &str) -> Result<usize> {
-        loop {
-            self.buf.clear();
-            if self.buf.capacity() < RECV_BUF {
-                self.buf.reserve(RECV_BUF);
-            }
-            let peeked = match self
-                .sock
-                .recv(&mut self.buf, libc::MSG_PEEK | libc::MSG_TRUNC)
-            {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_err(op, e)),
-            };
-            self.buf.clear();
-            if peeked > self.buf.capacity() {
-                self.buf.reserve(peeked);
-            }
-            match self.sock.recv(&mut self.buf, 0) {
-                Ok(n) => return Ok(n.min(self.buf.len())),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_err(op, e)),
-            }
+        if self.buf.capacity() < RECV_BUF {
+            self.buf.reserve(RECV_BUF);
         }
+        recv_whole(&self.sock, &mut self.buf).map_err(|e| io_err(op, e))
     }
 
     /// Sends a request and collects what it expects back. The bool is true when a dump was
