@@ -52,12 +52,12 @@ impl Histogram {
     fn observe(&mut self, seconds: f64) {
         for (i, le) in BUCKETS.iter().enumerate() {
             if seconds <= *le {
-                self.buckets[i] += 1;
+                self.buckets[i] = self.buckets[i].saturating_add(1);
             }
         }
-        self.buckets[BUCKETS.len()] += 1;
+        self.buckets[BUCKETS.len()] = self.buckets[BUCKETS.len()].saturating_add(1);
         self.sum += seconds;
-        self.count += 1;
+        self.count = self.count.saturating_add(1);
     }
 }
 
@@ -87,10 +87,12 @@ impl Metrics {
     /// Adds one operation.
     pub fn record(&mut self, o: &Observation) {
         let key = (o.plugin.to_string(), o.command.to_string());
-        *self.operations.entry(key.clone()).or_default() += 1;
+        let ops = self.operations.entry(key.clone()).or_default();
+        *ops = ops.saturating_add(1);
         if let Some(code) = o.error_code {
             let ekey = (key.0.clone(), key.1.clone(), code.to_string());
-            *self.errors.entry(ekey).or_default() += 1;
+            let errs = self.errors.entry(ekey).or_default();
+            *errs = errs.saturating_add(1);
         }
         self.durations
             .entry(key)
