@@ -248,10 +248,7 @@ fn attachment_rules(
 /// The rules recorded in a prevResult: host veth = the interface without sandbox that is
 /// not the bridge; container MAC = the interface named CNI_IFNAME with a sandbox.
 fn rules_from_prev(args: &CmdArgs, conf: &Conf, prev: &CniResult) -> Option<AttachmentRules> {
-    let container = prev
-        .interfaces
-        .iter()
-        .find(|i| i.name == args.ifname && !i.sandbox.is_empty())?;
+    let (_, container) = prev.container_interface(&args.ifname)?;
     let host_veth = host_veth_of(conf, prev)?;
     let mac = common::netlink::parse_mac(&container.mac).ok()?;
     Some(attachment_rules(args, conf, prev, &host_veth.name, &mac))
@@ -322,11 +319,10 @@ fn del(args: &CmdArgs, conf: &Conf) -> Result<()> {
 }
 
 /// The host end of the veth in a result: the interface without sandbox that is not the bridge.
-fn host_veth_of<'a>(conf: &Conf, result: &'a CniResult) -> Option<&'a Interface> {
+pub(crate) fn host_veth_of<'a>(conf: &Conf, result: &'a CniResult) -> Option<&'a Interface> {
     result
-        .interfaces
-        .iter()
-        .find(|i| i.sandbox.is_empty() && i.name != conf.bridge() && i.name.starts_with("veth"))
+        .host_interfaces()
+        .find(|i| i.name != conf.bridge() && i.name.starts_with("veth"))
 }
 
 fn check(args: &CmdArgs, conf: &Conf) -> Result<()> {

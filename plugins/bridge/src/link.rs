@@ -564,16 +564,12 @@ pub fn check_links(
             br.name, br.promisc, conf.raw.promisc_mode
         )));
     }
-    let container = prev
-        .interfaces
-        .iter()
-        .find(|i| i.name == args.ifname && !i.sandbox.is_empty())
-        .ok_or_else(|| {
-            Error::internal(format!(
-                "prevResult has no interface {} with a sandbox",
-                args.ifname
-            ))
-        })?;
+    let (_, container) = prev.container_interface(&args.ifname).ok_or_else(|| {
+        Error::internal(format!(
+            "prevResult has no interface {} with a sandbox",
+            args.ifname
+        ))
+    })?;
     if container.sandbox != args.netns {
         return Err(Error::internal(format!(
             "sandbox mismatch: prevResult has {} but CNI_NETNS is {}",
@@ -581,10 +577,7 @@ pub fn check_links(
             netns.path()
         )));
     }
-    let host_veth = prev
-        .interfaces
-        .iter()
-        .find(|i| i.sandbox.is_empty() && i.name != conf.bridge() && i.name.starts_with("veth"))
+    let host_veth = crate::host_veth_of(conf, prev)
         .ok_or_else(|| Error::internal("prevResult has no host veth"))?;
     let hv = host
         .link_by_name(&host_veth.name)?
