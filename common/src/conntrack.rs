@@ -8,14 +8,15 @@
 //! so a newer entry that reuses the tuple is never hit; one that vanished meanwhile counts
 //! as deleted.
 //!
-//! Messages are encoded by hand: an `nlmsghdr`, an `nfgenmsg`, then attributes. (The
-//! `netlink-packet-netfilter` crate covers ctnetlink too, but not `CTA_FILTER`, and it would
-//! bring four more dependencies for about two hundred lines.)
+//! Messages are encoded by hand with [`crate::nfnetlink`]. (The `netlink-packet-netfilter`
+//! crate covers ctnetlink too, but not `CTA_FILTER`, and it would bring four more
+//! dependencies for about two hundred lines.)
 
 use crate::error::{Error, Result};
 use crate::netlink::Family;
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
-use std::io;
+use crate::nfnetlink::{
+    self, NLM_F_ACK, NLM_F_DUMP, NLMSG_DONE, NLMSG_ERROR, NfSocket, find, put_attr, put_nested,
+};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// `IPPROTO_TCP`.
@@ -24,16 +25,6 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 /// `IPPROTO_SCTP`.
 pub const PROTO_SCTP: u8 = 132;
-
-const NLMSG_HDRLEN: usize = 16;
-const NFGENMSG_LEN: usize = 4;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP: u16 = 0x300;
-const NLA_F_NESTED: u16 = 0x8000;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 /// `NFNL_SUBSYS_CTNETLINK << 8`.
 const SUBSYS_CTNETLINK: u16 = 1 << 8;
@@ -65,8 +56,6 @@ const CTA_FILTER_REPLY_FLAGS: u16 = 2;
 const CTA_FILTER_F_PROTO_NUM: u32 = 1 << 3;
 const CTA_FILTER_F_PROTO_DST_PORT: u32 = 1 << 5;
 
-const RECV_BUF: usize = 64 * 1024;
-
 /// One direction of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tuple {
@@ -97,40 +86,8 @@ fn family_byte(family: Family) -> u8 {
     }
 }
 
-fn io_err(op: &str, e: io::Error) -> Error {
-    match e.raw_os_error() {
-        Some(errno) => Error::netlink(op, errno),
-        None => Error::io(format!("conntrack {op}"), e),
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Encoding
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// Appends one attribute.
-fn put_attr(buf: &mut Vec<u8>, kind: u16, value: &[u8]) {
-    let len = 4 + value.len();
-    buf.extend_from_slice(&(len as u16).to_ne_bytes());
-    buf.extend_from_slice(&kind.to_ne_bytes());
-    buf.extend_from_slice(value);
-    buf.resize(align4(buf.len()), 0);
-}
-
-/// Appends a nested attribute whose contents `f` writes.
-fn put_nested(buf: &mut Vec<u8>, kind: u16, f: impl FnOnce(&mut Vec<u8>)) {
-    let start = buf.len();
-    buf.extend_from_slice(&[0, 0]);
-    buf.extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
-    f(buf);
-    let len = (buf.len() - start) as u16;
-    if let Some(slot) = buf.get_mut(start..start + 2) {
-        slot.copy_from_slice(&len.to_ne_bytes());
-    }
-}
 
 fn ip_bytes(ip: IpAddr) -> Vec<u8> {
     match ip {
@@ -160,16 +117,16 @@ fn put_tuple(buf: &mut Vec<u8>, kind: u16, t: &Tuple) {
 
 /// A whole request: header, nfgenmsg, attributes.
 fn message(msg_type: u16, flags: u16, seq: u32, family: Family, attrs: &[u8]) -> Vec<u8> {
-    let len = NLMSG_HDRLEN + NFGENMSG_LEN + attrs.len();
-    let mut m = Vec::with_capacity(len);
-    m.extend_from_slice(&(len as u32).to_ne_bytes());
-    m.extend_from_slice(&(SUBSYS_CTNETLINK | msg_type).to_ne_bytes());
-    m.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
-    m.extend_from_slice(&seq.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
-    // nfgenmsg: family, version (NFNETLINK_V0), resource id (big endian).
-    m.extend_from_slice(&[family_byte(family), 0, 0, 0]);
-    m.extend_from_slice(attrs);
+    let mut m = Vec::new();
+    nfnetlink::put_message(
+        &mut m,
+        SUBSYS_CTNETLINK | msg_type,
+        flags,
+        seq,
+        family_byte(family),
+        0,
+        attrs,
+    );
     m
 }
 
@@ -212,22 +169,6 @@ fn delete_request(seq: u32, entry: &Entry) -> Vec<u8> {
 
 // ---------------------------------------------------------------------------------------
 // Decoding
-
-/// The attributes in `buf`: (type without flags, value). Stops at the first malformed one.
-fn attrs(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    let mut rest = buf;
-    std::iter::from_fn(move || {
-        let len = usize::from(u16::from_ne_bytes(rest.get(0..2)?.try_into().ok()?));
-        let kind = u16::from_ne_bytes(rest.get(2..4)?.try_into().ok()?) & NLA_TYPE_MASK;
-        let value = rest.get(4..len)?;
-        rest = rest.get(align4(len)..).unwrap_or(&[]);
-        Some((kind, value))
-    })
-}
-
-fn find(buf: &[u8], kind: u16) -> Option<&[u8]> {
-    attrs(buf).find(|(k, _)| *k == kind).map(|(_, v)| v)
-}
 
 fn be16(v: &[u8]) -> Option<u16> {
     Some(u16::from_be_bytes(v.get(0..2)?.try_into().ok()?))
@@ -284,9 +225,7 @@ fn parse_entry(attrs_buf: &[u8]) -> Option<Entry> {
 /// A ctnetlink socket in the calling thread's network namespace.
 #[derive(Debug)]
 pub struct Conntrack {
-    sock: Socket,
-    seq: u32,
-    buf: Vec<u8>,
+    nl: NfSocket,
 }
 
 /// What came back for one request.
@@ -298,95 +237,32 @@ enum Reply {
 impl Conntrack {
     /// Opens the socket (kernel state: none).
     pub fn open() -> Result<Conntrack> {
-        let op = "open socket";
-        let mut sock = Socket::new(NETLINK_NETFILTER).map_err(|e| io_err(op, e))?;
-        sock.bind_auto().map_err(|e| io_err(op, e))?;
-        sock.connect(&SocketAddr::new(0, 0))
-            .map_err(|e| io_err(op, e))?;
         Ok(Conntrack {
-            sock,
-            seq: 0,
-            buf: Vec::with_capacity(RECV_BUF),
+            nl: NfSocket::open("conntrack")?,
         })
-    }
-
-    fn next_seq(&mut self) -> u32 {
-        self.seq = self.seq.wrapping_add(1).max(1);
-        self.seq
-    }
-
-    fn send(&mut self, msg: &[u8], op: &str) -> Result<()> {
-        loop {
-            match self.sock.send(msg, 0) {
-                Ok(n) if n == msg.len() => return Ok(()),
-                Ok(n) => {
-                    return Err(Error::internal(format!(
-                        "conntrack {op}: sent {n} of {} bytes",
-                        msg.len()
-                    )));
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_err(op, e)),
-            }
-        }
-    }
-
-    /// Reads one datagram whole into `self.buf`.
-    fn recv(&mut self, op: &str) -> Result<usize> {
-        crate::netlink::recv_whole(&self.sock, &mut self.buf).map_err(|e| io_err(op, e))
     }
 
     /// Collects the replies to request `seq`: entries until NLMSG_DONE, or an error/ack.
     fn replies(&mut self, seq: u32, op: &str) -> Result<Reply> {
         let mut entries = Vec::new();
         loop {
-            let n = self.recv(op)?;
-            let mut off = 0;
-            while off + NLMSG_HDRLEN <= n {
-                let msg = self.buf.get(off..n).unwrap_or(&[]);
-                let len = msg
-                    .get(0..4)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u32::from_ne_bytes)
-                    .unwrap_or(0) as usize;
-                if len < NLMSG_HDRLEN || len > msg.len() {
-                    return Err(Error::internal(format!(
-                        "conntrack {op}: malformed reply (length {len})"
-                    )));
-                }
-                off += align4(len);
-                let field16 = |at: usize| {
-                    msg.get(at..at + 2)
-                        .and_then(|b| b.try_into().ok())
-                        .map(u16::from_ne_bytes)
-                        .unwrap_or(0)
-                };
-                let msg_type = field16(4);
-                let msg_seq = msg
-                    .get(8..12)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u32::from_ne_bytes)
-                    .unwrap_or(0);
-                if msg_seq != seq {
+            let n = self.nl.recv(op)?;
+            for msg in nfnetlink::replies(self.nl.buf.get(..n).unwrap_or(&[]))? {
+                if msg.seq != seq {
                     continue;
                 }
-                let body = msg.get(NLMSG_HDRLEN..len).unwrap_or(&[]);
-                match msg_type {
+                match msg.msg_type {
                     NLMSG_ERROR => {
-                        let code = body
-                            .get(0..4)
-                            .and_then(|b| b.try_into().ok())
-                            .map(i32::from_ne_bytes)
-                            .unwrap_or(0);
-                        return Ok(if code == 0 {
+                        let errno = msg.errno().unwrap_or(0);
+                        return Ok(if errno == 0 {
                             Reply::Entries(entries)
                         } else {
-                            Reply::Errno(-code)
+                            Reply::Errno(errno)
                         });
                     }
                     NLMSG_DONE => return Ok(Reply::Entries(entries)),
                     t if t == SUBSYS_CTNETLINK | IPCTNL_MSG_CT_NEW => {
-                        if let Some(e) = body.get(NFGENMSG_LEN..).and_then(parse_entry) {
+                        if let Some(e) = parse_entry(msg.attrs()) {
                             entries.push(e);
                         }
                     }
@@ -402,8 +278,9 @@ impl Conntrack {
         let op = "dump";
         let mut filter = true;
         loop {
-            let seq = self.next_seq();
-            self.send(&dump_request(seq, family, proto, dport, filter), op)?;
+            let seq = self.nl.next_seq();
+            self.nl
+                .send(&dump_request(seq, family, proto, dport, filter), op)?;
             match self.replies(seq, op)? {
                 Reply::Entries(all) => {
                     return Ok(all
@@ -421,8 +298,8 @@ impl Conntrack {
     /// Kernel: deletes one entry. False when it was already gone.
     pub fn delete(&mut self, entry: &Entry) -> Result<bool> {
         let op = "delete";
-        let seq = self.next_seq();
-        self.send(&delete_request(seq, entry), op)?;
+        let seq = self.nl.next_seq();
+        self.nl.send(&delete_request(seq, entry), op)?;
         match self.replies(seq, op)? {
             Reply::Entries(_) => Ok(true),
             Reply::Errno(errno) if errno == libc::ENOENT => Ok(false),
@@ -452,6 +329,7 @@ pub fn delete_matching(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nfnetlink::{NFGENMSG_LEN, NLA_F_NESTED, NLM_F_REQUEST, NLMSG_HDRLEN};
 
     fn entry() -> Entry {
         Entry {

@@ -21,6 +21,7 @@ pub mod logging;
 pub mod metrics;
 pub mod netlink;
 pub mod netns;
+pub(crate) mod nfnetlink;
 pub mod nft;
 pub mod skel;
 pub mod spec;

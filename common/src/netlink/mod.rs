@@ -138,7 +138,7 @@ pub mod tc;
 mod wait;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 /// An rtnetlink socket bound to one network namespace.
 ///

@@ -11,14 +11,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// A network namespace held by a parked thread; gone (with everything in it) when dropped.
-struct TestNs {
+pub(crate) struct TestNs {
     path: String,
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl TestNs {
-    fn new() -> TestNs {
+    pub(crate) fn new() -> TestNs {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -48,7 +48,7 @@ impl TestNs {
     }
 
     /// Runs `f` on a thread inside the namespace.
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+    pub(crate) fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         let file = File::open(&self.path).unwrap();
         std::thread::scope(|s| {
             s.spawn(|| {
@@ -96,7 +96,7 @@ impl Drop for TestNs {
     }
 }
 
-fn have_root() -> bool {
+pub(crate) fn have_root() -> bool {
     if nix::unistd::geteuid().is_root() {
         true
     } else {

@@ -261,6 +261,29 @@ fn del(args: &CmdArgs, conf: &Conf) -> Result<()> {
         None
     });
 
+    // Rules go before the address is released: once IPAM frees it, another attachment may
+    // get it, and its elements must not be touched by ours. Masquerade rules go even before
+    // the veth: the kernel then frees the deleted elements during the veth's removal instead
+    // of after it (each waits for an RCU grace period). Spoof-check rules stay until the
+    // veth is gone, so the container never sends unchecked.
+    let remove_rules = |errors: &mut Vec<Error>| {
+        if conf.raw.ip_masq || conf.raw.macspoofchk {
+            let known = prev.as_ref().and_then(|p| rules_from_prev(args, conf, p));
+            if let Err(e) = rules::del_rules(
+                &conf.raw.net.name,
+                &args.container_id,
+                &args.ifname,
+                known.as_ref(),
+            ) {
+                errors.push(e.context("removing masquerade and spoof-check rules"));
+            }
+        }
+    };
+    let rules_first = !conf.raw.macspoofchk;
+    if rules_first {
+        remove_rules(&mut errors);
+    }
+
     // The container side: deleting it takes the host end of the veth with it. When the netns
     // is gone, the kernel tears its veths down asynchronously: delete the host end ourselves.
     let netns = match args.netns.as_str() {
@@ -296,18 +319,8 @@ fn del(args: &CmdArgs, conf: &Conf) -> Result<()> {
         }
     }
 
-    // Rules before the address is released: once IPAM frees it, another attachment may get
-    // it, and its elements must not be touched by ours.
-    if conf.raw.ip_masq || conf.raw.macspoofchk {
-        let known = prev.as_ref().and_then(|p| rules_from_prev(args, conf, p));
-        if let Err(e) = rules::del_rules(
-            &conf.raw.net.name,
-            &args.container_id,
-            &args.ifname,
-            known.as_ref(),
-        ) {
-            errors.push(e.context("removing masquerade and spoof-check rules"));
-        }
+    if !rules_first {
+        remove_rules(&mut errors);
     }
 
     if conf.is_layer3() {

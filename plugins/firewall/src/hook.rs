@@ -15,13 +15,13 @@
 //! `iptables-save` and the tools that parse them (Docker, kube-proxy) keep working. It
 //! accepts what our table marked, and nothing else.
 //!
-//! The rule is inserted once per chain (ADD lists the chain first, under the plugin's lock),
-//! and never removed by DEL or GC: it is shared, and inert without our table.
+//! The rule is inserted once per chain (ADD reads the chain first over netlink, under the
+//! plugin's lock), and never removed by DEL or GC: it is shared, and inert without our table.
 
-use common::error::{Error, Result};
-use common::nft::{Family, nft_path};
+use common::error::Result;
+use common::nft::Family;
+use common::nft::netlink::{KernelRule, chain_rules_in_kernel, expr_attr};
 use serde_json::{Value, json};
-use std::process::{Child, Command, Stdio};
 
 use crate::rules::FORWARD_MARK;
 
@@ -64,97 +64,67 @@ pub enum HookState {
     Missing,
 }
 
-/// True when a listed rule is the hand-off rule: by its comment, or by its mark match and
-/// verdict (after an `iptables-save | iptables-restore` round trip, iptables-nft has turned
-/// the comment into an `xt comment` match that nft cannot show).
-fn is_hand_off(rule: &Value, comment: &str) -> bool {
-    if rule.get("comment").and_then(Value::as_str) == Some(comment) {
+// Attributes of the expressions the hand-off rule is made of (linux/netfilter/nf_tables.h).
+const NFTA_META_KEY: u16 = 2;
+const NFT_META_MARK: u32 = 3;
+const NFTA_BITWISE_MASK: u16 = 4;
+const NFTA_CMP_DATA: u16 = 3;
+const NFTA_IMMEDIATE_DATA: u16 = 2;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NF_ACCEPT: u32 = 1;
+
+/// True when a rule read from the kernel is the hand-off rule: by its comment, or by its
+/// mark match and verdict (after an `iptables-save | iptables-restore` round trip,
+/// iptables-nft has turned the comment into an `xt comment` match).
+fn is_hand_off(rule: &KernelRule, comment: &str) -> bool {
+    if rule.comment.as_deref() == Some(comment) {
         return true;
     }
-    let Some(expr) = rule.get("expr").and_then(Value::as_array) else {
-        return false;
-    };
-    let mark_match = rule_expr().swap_remove(0);
-    expr.first() == Some(&mark_match) && expr.last() == Some(&json!({"accept": null}))
-}
-
-/// Reads an `nft -j list chain` document: is the hand-off rule in it?
-pub fn state_of_listing(doc: &Value) -> HookState {
-    let want = comment();
-    let present = doc
-        .get("nftables")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|o| o.get("rule"))
-        .any(|r| is_hand_off(r, &want));
-    if present {
-        HookState::Present
-    } else {
-        HookState::Missing
-    }
-}
-
-/// Kernel: starts `nft -j list chain FAMILY filter FORWARD` (stdout and stderr piped).
-fn spawn_listing(family: Family) -> Result<Child> {
-    let nft = nft_path()?;
-    Command::new(&nft)
-        .args([
-            "-j",
-            "list",
-            "chain",
-            family.as_str(),
-            IPTABLES_TABLE,
-            IPTABLES_CHAIN,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::Nft(format!("running {}: {e}", nft.display())))
-}
-
-/// Reads what a listing started by [`spawn_listing`] printed.
-fn state_of_child(family: Family, child: Child) -> Result<HookState> {
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Error::Nft(format!("waiting for nft: {e}")))?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if stderr.contains("No such file or directory") {
-            return Ok(HookState::NoChain);
+    let mark = FORWARD_MARK.to_ne_bytes();
+    let be32 = |v: Option<&[u8]>| v.and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
+    match rule.exprs.as_slice() {
+        [(m, meta), (b, bitwise), (c, cmp), .., (i, imm)] => {
+            m == "meta"
+                && be32(expr_attr(meta, &[NFTA_META_KEY])) == Some(NFT_META_MARK)
+                && b == "bitwise"
+                && expr_attr(bitwise, &[NFTA_BITWISE_MASK, NFTA_DATA_VALUE]) == Some(&mark[..])
+                && c == "cmp"
+                && expr_attr(cmp, &[NFTA_CMP_DATA, NFTA_DATA_VALUE]) == Some(&mark[..])
+                && i == "immediate"
+                && be32(expr_attr(
+                    imm,
+                    &[NFTA_IMMEDIATE_DATA, NFTA_DATA_VERDICT, NFTA_VERDICT_CODE],
+                )) == Some(NF_ACCEPT)
         }
-        return Err(Error::Nft(format!(
-            "listing {family} {IPTABLES_TABLE} {IPTABLES_CHAIN}: {}",
-            stderr.trim()
-        )));
+        _ => false,
     }
-    let doc: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
-        Error::Nft(format!(
-            "listing {family} {IPTABLES_TABLE} {IPTABLES_CHAIN}: {e}"
-        ))
-    })?;
-    Ok(state_of_listing(&doc))
 }
 
-/// Kernel: `nft -j list chain FAMILY filter FORWARD`.
+/// What one family's `FORWARD` chain holds, from its rules (`None`: no such chain).
+pub fn state_of_rules(rules: Option<&[KernelRule]>) -> HookState {
+    let want = comment();
+    match rules {
+        None => HookState::NoChain,
+        Some(r) if r.iter().any(|r| is_hand_off(r, &want)) => HookState::Present,
+        Some(_) => HookState::Missing,
+    }
+}
+
+/// Kernel: reads `FAMILY filter FORWARD` over netlink (no `nft` process).
 pub fn state_in_kernel(family: Family) -> Result<HookState> {
-    state_of_child(family, spawn_listing(family)?)
+    let rules = chain_rules_in_kernel(family, IPTABLES_TABLE, IPTABLES_CHAIN)?;
+    Ok(state_of_rules(rules.as_deref()))
 }
 
-/// Kernel: the insert commands for the families whose `FORWARD` chain lacks the rule. The
-/// listings of the families run side by side (nft 1.0.6 cannot list two chains in one
-/// process: the second `list chain` of one input fails with `No such file or directory`).
+/// Kernel: the insert commands for the families whose `FORWARD` chain lacks the rule.
 pub fn missing_inserts(families: &[Family]) -> Result<Vec<Value>> {
-    let mut children = Vec::new();
-    for f in families {
-        children.push((*f, spawn_listing(*f)?));
-    }
     let mut cmds = Vec::new();
-    for (f, child) in children {
-        if state_of_child(f, child)? == HookState::Missing {
+    for f in families {
+        if state_in_kernel(*f)? == HookState::Missing {
             log::debug!("inserting the hand-off rule into {f} {IPTABLES_TABLE} {IPTABLES_CHAIN}");
-            cmds.push(insert_cmd(f));
+            cmds.push(insert_cmd(*f));
         }
     }
     Ok(cmds)
@@ -176,38 +146,81 @@ mod tests {
         assert!(comment().len() <= common::nft::COMMENT_MAX);
     }
 
+    fn nested(kind: u16, inner: Vec<u8>) -> Vec<u8> {
+        let mut v = ((inner.len() + 4) as u16).to_ne_bytes().to_vec();
+        v.extend_from_slice(&(kind | 0x8000).to_ne_bytes());
+        v.extend_from_slice(&inner);
+        v
+    }
+
+    fn attr(kind: u16, value: &[u8]) -> Vec<u8> {
+        let mut v = ((value.len() + 4) as u16).to_ne_bytes().to_vec();
+        v.extend_from_slice(&kind.to_ne_bytes());
+        v.extend_from_slice(value);
+        v.resize((v.len() + 3) & !3, 0);
+        v
+    }
+
+    /// The expressions of `meta mark & M == M [extra] accept`, as the kernel dumps them.
+    fn mark_rule(m: u32, extra: &[&str]) -> Vec<(String, Vec<u8>)> {
+        let value = |b: &[u8]| attr(NFTA_DATA_VALUE, b);
+        let mut exprs = vec![
+            (
+                "meta".to_string(),
+                attr(NFTA_META_KEY, &NFT_META_MARK.to_be_bytes()),
+            ),
+            (
+                "bitwise".to_string(),
+                nested(NFTA_BITWISE_MASK, value(&m.to_ne_bytes())),
+            ),
+            (
+                "cmp".to_string(),
+                nested(NFTA_CMP_DATA, value(&m.to_ne_bytes())),
+            ),
+        ];
+        for e in extra {
+            exprs.push((e.to_string(), Vec::new()));
+        }
+        let verdict = nested(
+            NFTA_DATA_VERDICT,
+            attr(NFTA_VERDICT_CODE, &NF_ACCEPT.to_be_bytes()),
+        );
+        exprs.push((
+            "immediate".to_string(),
+            nested(NFTA_IMMEDIATE_DATA, verdict),
+        ));
+        exprs
+    }
+
     #[test]
-    fn listing_is_read_by_comment() {
-        let other = json!({"rule": {"family": "ip", "table": "filter", "chain": "FORWARD",
-            "handle": 4, "expr": [{"accept": null}], "comment": "something else"}});
-        let ours = json!({"rule": {"family": "ip", "table": "filter", "chain": "FORWARD",
-            "handle": 5, "expr": rule_expr(), "comment": comment()}});
+    fn rules_are_recognised_by_comment_or_shape() {
+        let other = KernelRule {
+            comment: Some("something else".into()),
+            exprs: vec![("immediate".into(), Vec::new())],
+        };
+        assert_eq!(state_of_rules(None), HookState::NoChain);
         assert_eq!(
-            state_of_listing(&json!({"nftables": [other.clone()]})),
+            state_of_rules(Some(std::slice::from_ref(&other))),
             HookState::Missing
         );
+        let by_comment = KernelRule {
+            comment: Some(comment()),
+            exprs: Vec::new(),
+        };
         assert_eq!(
-            state_of_listing(&json!({"nftables": [other, ours]})),
+            state_of_rules(Some(&[other.clone(), by_comment])),
             HookState::Present
         );
-        // As nft lists it after iptables-nft-save | iptables-nft-restore (iptables 1.8.9).
-        let restored = json!({"rule": {"family": "ip", "table": "filter", "chain": "FORWARD",
-            "handle": 4, "expr": [
-                {"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}}, 134217728]},
-                    "right": 134217728}},
-                {"xt": {"type": "match", "name": "comment"}},
-                {"counter": {"packets": 0, "bytes": 0}},
-                {"accept": null}]}});
-        assert_eq!(
-            state_of_listing(&json!({"nftables": [restored]})),
-            HookState::Present
-        );
-        let other_mark = json!({"rule": {"expr": [
-            {"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}}, 16384]}, "right": 16384}},
-            {"accept": null}]}});
-        assert_eq!(
-            state_of_listing(&json!({"nftables": [other_mark]})),
-            HookState::Missing
-        );
+        // After iptables-nft-save | iptables-nft-restore: an xt comment match, no user data.
+        let restored = KernelRule {
+            comment: None,
+            exprs: mark_rule(FORWARD_MARK, &["match", "counter"]),
+        };
+        assert_eq!(state_of_rules(Some(&[restored])), HookState::Present);
+        let other_mark = KernelRule {
+            comment: None,
+            exprs: mark_rule(0x4000, &["counter"]),
+        };
+        assert_eq!(state_of_rules(Some(&[other_mark])), HookState::Missing);
     }
 }

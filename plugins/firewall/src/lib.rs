@@ -241,6 +241,8 @@ impl Plugin for Firewall {
         if missing.is_empty() {
             Ok(())
         } else {
+            // So that ADD repairs what is missing: it rewrites the rules only when told to.
+            nft::forget_setup_in_kernel(&[rules::TABLE, rules::BRIDGE_TABLE]);
             Err(Error::Internal(format!(
                 "firewall rules of {}/{}/{} missing: {}",
                 rules.network,

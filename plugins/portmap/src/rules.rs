@@ -791,6 +791,11 @@ pub fn check_rules(rules: &AttachmentRules) -> Result<()> {
     if missing.is_empty() {
         Ok(())
     } else {
+        // So that ADD repairs what is missing: it rewrites the rules only when told to.
+        nft::forget_setup_in_kernel(&[TableRef {
+            family: Family::Inet,
+            name: &name,
+        }]);
         Err(Error::Internal(format!(
             "port mappings of {}/{} missing in table inet {name}: {}",
             rules.container_id,

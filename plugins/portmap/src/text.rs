@@ -64,8 +64,8 @@ fn command(cmd: &Value) -> Option<String> {
             }
             Some(s)
         }
-        ("flush", "chain") => Some(format!(
-            "flush chain {} {}",
+        ("flush", kind @ ("chain" | "set" | "map")) => Some(format!(
+            "flush {kind} {} {}",
             table_of(o)?,
             obj_str(o, "name")?
         )),

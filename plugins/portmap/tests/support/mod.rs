@@ -214,7 +214,7 @@ impl World {
         table_of(&self.host, &self.net)
     }
 
-    /// How many map/set elements this network's table holds.
+    /// How many map/set elements this network's table holds (the marker map aside).
     pub fn element_count(&self) -> usize {
         self.table().map_or(0, |t| {
             t["nftables"]
@@ -222,6 +222,7 @@ impl World {
                 .unwrap()
                 .iter()
                 .filter_map(|o| o.get("map").or_else(|| o.get("set")))
+                .filter(|s| s["name"] != common::nft::SETUP_MARKER)
                 .filter_map(|s| s["elem"].as_array())
                 .map(Vec::len)
                 .sum()

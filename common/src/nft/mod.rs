@@ -37,6 +37,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+pub mod netlink;
+
 /// The longest comment nft stores (bytes).
 pub const COMMENT_MAX: usize = 128;
 
@@ -171,15 +173,6 @@ impl SetDef<'_> {
     fn kind(&self) -> &'static str {
         if self.map.is_some() { "map" } else { "set" }
     }
-
-    fn element_json(&self, elems: Vec<Value>) -> Value {
-        json!({"element": {
-            "family": self.table.family.as_str(),
-            "table": self.table.name,
-            "name": self.name,
-            "elem": elems,
-        }})
-    }
 }
 
 /// The key of a set element (or the key and value of a map element), as nft JSON.
@@ -259,12 +252,139 @@ pub fn set_ref(set: &SetDef<'_>) -> Value {
     Value::from(format!("@{}", set.name))
 }
 
-/// One transaction for `nft -j -f -`: a list of commands, applied all or nothing by
-/// [`apply_to_kernel`].
+/// What an element change does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// The attachment's own element: added with its comment, replacing an existing one.
+    Own,
+    /// Shared by attachments: added bare, an existing one kept as is.
+    Share,
+    /// Deleted; a missing one is no error.
+    Remove,
+}
+
+/// Per-attachment elements of one set, kept typed so they can go to the kernel over netlink.
+#[derive(Debug, Clone, PartialEq)]
+struct ElementChange {
+    family: Family,
+    table: String,
+    set: String,
+    key_types: Vec<String>,
+    map: Option<String>,
+    interval: bool,
+    keys: Vec<Key>,
+    comment: Option<String>,
+    change: Change,
+}
+
+impl ElementChange {
+    fn element_json(&self, elems: Vec<Value>) -> Value {
+        json!({"element": {
+            "family": self.family.as_str(),
+            "table": self.table,
+            "name": self.set,
+            "elem": elems,
+        }})
+    }
+
+    /// The nft commands doing this change.
+    fn json(&self, out: &mut Vec<Value>) {
+        let bare: Vec<Value> = self.keys.iter().map(|k| k.element(None)).collect();
+        out.push(json!({"add": self.element_json(bare.clone())}));
+        match self.change {
+            Change::Share => {}
+            Change::Remove => out.push(json!({"delete": self.element_json(bare)})),
+            Change::Own => {
+                // Re-adding an existing element keeps its old comment, so an element left by
+                // another attachment (say, an address released and handed out again) would
+                // stay attributed to it, and its DEL or GC would strip ours: delete it
+                // first, then add ours.
+                out.push(json!({"delete": self.element_json(bare)}));
+                let comment = self.comment.as_deref();
+                let elems = self.keys.iter().map(|k| k.element(comment)).collect();
+                out.push(json!({"add": self.element_json(elems)}));
+            }
+        }
+    }
+
+    /// The netlink messages doing this change; `replace`: an `Own` element may exist and is
+    /// replaced (else it must not exist, and the transaction fails with EEXIST if it does).
+    /// `None` when a key is of a kind only nft encodes.
+    fn messages(&self, replace: bool) -> Option<Vec<netlink::ElementMsg>> {
+        let mut bare = Vec::new();
+        let mut owned = Vec::new();
+        for k in &self.keys {
+            let key = netlink::encode_key(&self.key_types, self.interval, &k.key)?;
+            let data = match (&self.map, &k.data) {
+                (Some(ty), Some(d)) => Some(netlink::encode_data(ty, d)?),
+                (None, None) => None,
+                _ => return None,
+            };
+            bare.push(netlink::Element {
+                key: key.clone(),
+                data: data.clone(),
+                comment: None,
+            });
+            owned.push(netlink::Element {
+                key,
+                data,
+                comment: self.comment.clone(),
+            });
+        }
+        let msg = |cmd, elements| netlink::ElementMsg {
+            family: self.family,
+            table: self.table.clone(),
+            set: self.set.clone(),
+            cmd,
+            elements,
+        };
+        use netlink::ElementCmd::{Add, Create, Delete};
+        Some(match (self.change, replace) {
+            (Change::Share, _) => vec![msg(Add, bare)],
+            (Change::Remove, _) => vec![msg(Add, bare.clone()), msg(Delete, bare)],
+            (Change::Own, false) => vec![msg(Create, owned)],
+            (Change::Own, true) => vec![
+                msg(Add, bare.clone()),
+                msg(Delete, bare),
+                msg(Create, owned),
+            ],
+        })
+    }
+}
+
+/// The table a setup command is about: `(family, table name)`.
+fn command_table(cmd: &Value) -> Option<(String, String)> {
+    let (_, obj) = cmd.as_object()?.iter().next()?;
+    let (kind, body) = obj.as_object()?.iter().next()?;
+    let family = body.get("family")?.as_str()?.to_string();
+    let name = if kind == "table" {
+        body.get("name")
+    } else {
+        body.get("table")
+    };
+    Some((family, name?.as_str()?.to_string()))
+}
+
+/// One transaction: the fixed ruleset (tables, sets, chains, rules), then per-attachment
+/// element changes, applied all or nothing by [`apply_to_kernel`].
+///
+/// A table whose chains and rules the batch writes gets a marker: the map
+/// [`SETUP_MARKER`] holding one element, `0 : <hash of those chains and rules>`. While the
+/// marker holds this batch's hash, the ruleset is current and [`apply_to_kernel`] sends only
+/// the element changes, over netlink (adding `0 : hash` fails when another hash is there,
+/// or when the map is missing). Otherwise (first ADD, another version of the rules, a
+/// flushed ruleset) the whole batch goes through `nft`, and sets the marker.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Batch {
-    cmds: Vec<Value>,
+    /// Idempotent commands building the fixed ruleset.
+    setup: Vec<Value>,
+    /// Commands only `nft` runs (listed-element deletes, inserts into foreign chains...).
+    other: Vec<Value>,
+    elements: Vec<ElementChange>,
 }
+
+/// The name of the marker map; see [`Batch`].
+pub const SETUP_MARKER: &str = "cnirs_setup";
 
 impl Batch {
     pub fn new() -> Batch {
@@ -272,32 +392,34 @@ impl Batch {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.cmds.is_empty()
+        self.setup.is_empty() && self.other.is_empty() && self.elements.is_empty()
     }
 
-    pub fn len(&self) -> usize {
-        self.cmds.len()
-    }
-
-    /// Appends a raw command object such as `{"add": {"rule": {...}}}` (for what the helpers
-    /// do not cover; typed `nftables::schema` values can be passed through `serde_json`).
+    /// Appends a raw command object such as `{"add": {"rule": {...}}}`, for what the helpers
+    /// do not cover. A batch holding one always goes through `nft`.
     pub fn push(&mut self, cmd: Value) {
-        self.cmds.push(cmd);
+        self.other.push(cmd);
+    }
+
+    fn push_setup(&mut self, cmd: Value) {
+        if !self.setup.contains(&cmd) {
+            self.setup.push(cmd);
+        }
     }
 
     /// `add table` (idempotent).
     pub fn add_table(&mut self, table: TableRef<'_>) {
-        self.push(json!({"add": {"table": table.json()}}));
+        self.push_setup(json!({"add": {"table": table.json()}}));
     }
 
     /// `add chain` (idempotent while its definition stays the same).
     pub fn add_chain(&mut self, chain: &ChainDef<'_>) {
-        self.push(json!({"add": {"chain": chain.json()}}));
+        self.push_setup(json!({"add": {"chain": chain.json()}}));
     }
 
     /// `flush chain`: removes its rules (the chain must exist, e.g. added before in the batch).
     pub fn flush_chain(&mut self, chain: &ChainDef<'_>) {
-        self.push(json!({"flush": {"chain": {
+        self.setup.push(json!({"flush": {"chain": {
             "family": chain.table.family.as_str(),
             "table": chain.table.name,
             "name": chain.name,
@@ -306,7 +428,7 @@ impl Batch {
 
     /// `add rule` to the end of `chain`, with the rule's statements (`expr`) as nft JSON.
     pub fn add_rule(&mut self, chain: &ChainDef<'_>, expr: Vec<Value>) {
-        self.push(json!({"add": {"rule": {
+        self.setup.push(json!({"add": {"rule": {
             "family": chain.table.family.as_str(),
             "table": chain.table.name,
             "chain": chain.name,
@@ -327,38 +449,45 @@ impl Batch {
 
     /// `add set` / `add map` (idempotent while its definition stays the same).
     pub fn add_set(&mut self, set: &SetDef<'_>) {
-        self.push(json!({"add": {set.kind(): set.json()}}));
+        self.push_setup(json!({"add": {set.kind(): set.json()}}));
     }
 
-    /// `add element` for one attachment: every element carries `comment` (see
-    /// [`attachment_comment`]). Ensures the table and the set first. Nothing for no keys.
-    pub fn add_attachment_elements(&mut self, set: &SetDef<'_>, comment: &str, keys: &[Key]) {
+    fn change(&mut self, set: &SetDef<'_>, keys: &[Key], comment: Option<&str>, change: Change) {
         if keys.is_empty() {
             return;
         }
         self.add_table(set.table);
         self.add_set(set);
-        // Re-adding an existing element keeps its old comment, so an element left by another
-        // attachment (say, an address released and handed out again) would stay attributed
-        // to it, and its DEL or GC would strip ours: delete it first, then add ours.
-        let bare: Vec<Value> = keys.iter().map(|k| k.element(None)).collect();
-        self.push(json!({"add": set.element_json(bare.clone())}));
-        self.push(json!({"delete": set.element_json(bare)}));
-        let elems = keys.iter().map(|k| k.element(Some(comment))).collect();
-        self.push(json!({"add": set.element_json(elems)}));
+        self.elements.push(ElementChange {
+            family: set.table.family,
+            table: set.table.name.to_string(),
+            set: set.name.to_string(),
+            key_types: set.key.iter().map(|t| t.to_string()).collect(),
+            map: set.map.map(str::to_string),
+            interval: set.interval,
+            keys: keys.to_vec(),
+            comment: comment.map(str::to_string),
+            change,
+        });
+    }
+
+    /// `add element` for one attachment: every element carries `comment` (see
+    /// [`attachment_comment`]) and replaces an element of the same key. Ensures the table
+    /// and the set first. Nothing for no keys.
+    pub fn add_attachment_elements(&mut self, set: &SetDef<'_>, comment: &str, keys: &[Key]) {
+        self.change(set, keys, Some(comment), Change::Own);
+    }
+
+    /// `add element` without a comment, keeping an existing element as it is: for elements
+    /// several attachments share.
+    pub fn add_shared_elements(&mut self, set: &SetDef<'_>, keys: &[Key]) {
+        self.change(set, keys, None, Change::Share);
     }
 
     /// Deletes elements by key without listing and without failing when they (or the table,
     /// or the set) are missing: `add table`, `add set`, `add element`, `delete element`.
     pub fn delete_known_elements(&mut self, set: &SetDef<'_>, keys: &[Key]) {
-        if keys.is_empty() {
-            return;
-        }
-        self.add_table(set.table);
-        self.add_set(set);
-        let elems: Vec<Value> = keys.iter().map(|k| k.element(None)).collect();
-        self.push(json!({"add": set.element_json(elems.clone())}));
-        self.push(json!({"delete": set.element_json(elems)}));
+        self.change(set, keys, None, Change::Remove);
     }
 
     /// Deletes the listed elements of `listing` whose comment satisfies `pick`. Each is added
@@ -393,9 +522,98 @@ impl Batch {
         n
     }
 
-    /// The whole batch as nft takes it on stdin.
+    /// The tables whose chains or rules this batch writes, each with the hash of those.
+    fn markers(&self) -> Vec<((String, String), u32)> {
+        // Chains and rules: what the marker vouches for. (Sets are created by every batch
+        // that uses them, so they need no marker.)
+        let writes_rules = |cmd: &Value| {
+            cmd.as_object()
+                .and_then(|o| o.values().next())
+                .and_then(Value::as_object)
+                .is_some_and(|o| o.contains_key("chain") || o.contains_key("rule"))
+        };
+        let mut tables: Vec<(String, String)> = Vec::new();
+        for cmd in self.setup.iter().filter(|c| writes_rules(c)) {
+            if let Some(t) = command_table(cmd) {
+                if !tables.contains(&t) {
+                    tables.push(t);
+                }
+            }
+        }
+        tables
+            .into_iter()
+            .map(|t| {
+                let text: Vec<String> = self
+                    .setup
+                    .iter()
+                    .filter(|c| writes_rules(c) && command_table(c).as_ref() == Some(&t))
+                    .map(Value::to_string)
+                    .collect();
+                let refs: Vec<&str> = text.iter().map(String::as_str).collect();
+                let h = fnv1a64(&refs);
+                // 0 is what forget_setup_in_kernel writes.
+                (t, ((h ^ (h >> 32)) as u32).max(1))
+            })
+            .collect()
+    }
+
+    /// The element changes as netlink messages, behind the marker of every table whose
+    /// ruleset the batch writes (a missing marker fails the transaction with ENOENT).
+    /// `None` when the batch holds something only `nft` does.
+    fn netlink_messages(&self, replace: bool) -> Option<Vec<netlink::ElementMsg>> {
+        if !self.other.is_empty() || self.elements.is_empty() {
+            return None;
+        }
+        let mut msgs = Vec::new();
+        for ((family, table), hash) in self.markers() {
+            let family = [Family::Inet, Family::Ip, Family::Ip6, Family::Bridge]
+                .into_iter()
+                .chain([Family::Arp, Family::Netdev])
+                .find(|f| f.as_str() == family)?;
+            msgs.push(netlink::ElementMsg {
+                family,
+                table,
+                set: SETUP_MARKER.to_string(),
+                cmd: netlink::ElementCmd::Add,
+                elements: vec![netlink::Element {
+                    key: netlink::EncodedKey {
+                        start: 0u32.to_ne_bytes().to_vec(),
+                        end: None,
+                    },
+                    data: Some(hash.to_ne_bytes().to_vec()),
+                    comment: None,
+                }],
+            });
+        }
+        for e in &self.elements {
+            msgs.extend(e.messages(replace)?);
+        }
+        Some(msgs)
+    }
+
+    /// The whole batch as nft takes it on stdin (with the marker sets).
     pub fn to_json(&self) -> Value {
-        json!({"nftables": self.cmds})
+        let mut cmds = self.setup.clone();
+        for ((family, table), hash) in self.markers() {
+            let map = json!({"family": family, "table": table, "name": SETUP_MARKER});
+            let mut def = map.clone();
+            if let Some(o) = def.as_object_mut() {
+                o.insert("type".into(), "mark".into());
+                o.insert("map".into(), "mark".into());
+            }
+            cmds.push(json!({"add": {"map": def}}));
+            cmds.push(json!({"flush": {"map": map}}));
+            let mut elem = map;
+            if let Some(o) = elem.as_object_mut() {
+                o.insert("elem".into(), json!([[0, hash]]));
+            }
+            cmds.push(json!({"add": {"element": elem}}));
+        }
+        cmds.extend(self.other.iter().cloned());
+        for e in &self.elements {
+            e.json(&mut cmds);
+        }
+        json!({"nftables": cmds})
     }
 }
 
@@ -481,7 +699,8 @@ impl TableListing {
         };
         for obj in objects {
             if let Some(s) = obj.get("set").or_else(|| obj.get("map")) {
-                if !mine(s) {
+                // The marker map is bookkeeping, not a set of the ruleset.
+                if !mine(s) || s.get("name").and_then(Value::as_str) == Some(SETUP_MARKER) {
                     continue;
                 }
                 let elements = s
@@ -674,12 +893,86 @@ fn run_nft(args: &[&str], stdin: Option<&[u8]>) -> Result<std::result::Result<Ve
     }
 }
 
-/// Kernel: applies `batch` as ONE transaction (one `nft -j -f -` process); all or nothing.
-/// An empty batch runs nothing.
+/// Kernel: applies `batch` as ONE transaction, all or nothing. When the batch only changes
+/// elements of a current ruleset (its markers exist, see [`Batch`]) that is one nf_tables
+/// netlink transaction and no process; otherwise one `nft -j -f -`. An empty batch does
+/// nothing.
 pub fn apply_to_kernel(batch: &Batch) -> Result<()> {
     if batch.is_empty() {
         return Ok(());
     }
+    // First try: own elements must be new (the usual case), so nothing is deleted; a
+    // deleting transaction costs an RCU grace period when the socket closes.
+    for replace in [false, true] {
+        let Some(msgs) = batch.netlink_messages(replace) else {
+            break;
+        };
+        let markers = batch.markers().len();
+        match netlink::transact_in_kernel(&msgs) {
+            Ok(netlink::Outcome::Committed) => return Ok(()),
+            // One of our own elements exists already (not a marker): replace it.
+            Ok(netlink::Outcome::Refused(errno, Some(i)))
+                if errno == libc::EEXIST && i >= markers && !replace =>
+            {
+                log::debug!("an element exists already: replacing it");
+            }
+            Ok(netlink::Outcome::Refused(errno, _)) => {
+                log::debug!(
+                    "nf_tables refused the element transaction ({}): the whole batch through nft",
+                    std::io::Error::from_raw_os_error(errno)
+                );
+                break;
+            }
+            Err(e) => {
+                log::debug!("nf_tables over netlink: {e}; the whole batch through nft");
+                break;
+            }
+        }
+    }
+    apply_with_nft(batch)
+}
+
+/// Kernel: forgets the version of these tables' rules that [`Batch`] recorded, so the next
+/// ADD writes their chains and rules again: for CHECK, when it finds them damaged. Missing
+/// tables or markers are fine; a failure is only logged (CHECK reports the damage anyway).
+pub fn forget_setup_in_kernel(tables: &[TableRef<'_>]) {
+    for t in tables {
+        // `0 : 0`, which no batch's hash matches (an absent element would be added back by
+        // the next ADD and trusted).
+        let msg = |cmd| netlink::ElementMsg {
+            family: t.family,
+            table: t.name.to_string(),
+            set: SETUP_MARKER.to_string(),
+            cmd,
+            elements: vec![netlink::Element {
+                key: netlink::EncodedKey {
+                    start: 0u32.to_ne_bytes().to_vec(),
+                    end: None,
+                },
+                data: Some(0u32.to_ne_bytes().to_vec()),
+                comment: None,
+            }],
+        };
+        let msgs = [
+            msg(netlink::ElementCmd::Delete),
+            msg(netlink::ElementCmd::Add),
+        ];
+        match netlink::transact_in_kernel(&msgs) {
+            Ok(netlink::Outcome::Committed) => {
+                log::info!("table {t}: the next ADD writes its chains and rules again");
+            }
+            Ok(netlink::Outcome::Refused(errno, _)) if errno == libc::ENOENT => {}
+            Ok(netlink::Outcome::Refused(errno, _)) => log::warn!(
+                "table {t}: could not forget the rules' version: {}",
+                std::io::Error::from_raw_os_error(errno)
+            ),
+            Err(e) => log::warn!("table {t}: could not forget the rules' version: {e}"),
+        }
+    }
+}
+
+/// Kernel: the whole batch through ONE `nft -j -f -` process.
+fn apply_with_nft(batch: &Batch) -> Result<()> {
     let input = serde_json::to_vec(&batch.to_json())
         .map_err(|e| Error::Internal(format!("encoding nft batch: {e}")))?;
     log::debug!("nft -j -f -: {}", String::from_utf8_lossy(&input));
@@ -791,6 +1084,7 @@ mod tests {
         let concat = json!({"concat": ["10.0.0.5", {"prefix": {"addr": "10.0.0.0", "len": 24}}]});
         let set = json!({"family": "inet", "table": "t", "name": "s",
             "type": ["ipv4_addr", "ipv4_addr"], "flags": ["interval"]});
+        // The table and the set once, then the changes; no rules, so no marker.
         assert_eq!(
             b.to_json(),
             json!({"nftables": [
@@ -800,12 +1094,31 @@ mod tests {
                 {"delete": {"element": {"family": "inet", "table": "t", "name": "s", "elem": [concat]}}},
                 {"add": {"element": {"family": "inet", "table": "t", "name": "s",
                     "elem": [{"elem": {"val": concat, "comment": "n/c/eth0"}}]}}},
-                {"add": {"table": {"family": "inet", "name": "t"}}},
-                {"add": {"set": set}},
                 {"add": {"element": {"family": "inet", "table": "t", "name": "s", "elem": [concat]}}},
                 {"delete": {"element": {"family": "inet", "table": "t", "name": "s", "elem": [concat]}}},
             ]})
         );
+        // Over netlink: the own element must be new, then the delete (added first).
+        let msgs = b.netlink_messages(false).unwrap();
+        let cmds: Vec<_> = msgs.iter().map(|m| m.cmd).collect();
+        use netlink::ElementCmd::{Add, Create, Delete};
+        assert_eq!(cmds, vec![Create, Add, Delete]);
+        assert_eq!(msgs[0].elements[0].comment.as_deref(), Some("n/c/eth0"));
+        assert_eq!(
+            msgs[0].elements[0].key.start,
+            vec![10, 0, 0, 5, 10, 0, 0, 0]
+        );
+        assert_eq!(
+            msgs[0].elements[0].key.end,
+            Some(vec![10, 0, 0, 5, 10, 0, 0, 255])
+        );
+        let replacing: Vec<_> = b
+            .netlink_messages(true)
+            .unwrap()
+            .iter()
+            .map(|m| m.cmd)
+            .collect();
+        assert_eq!(replacing, vec![Add, Delete, Create, Add, Delete]);
         let mut empty = Batch::new();
         empty.add_attachment_elements(&S, "x", &[]);
         empty.delete_known_elements(&S, &[]);
@@ -842,17 +1155,44 @@ mod tests {
         };
         let mut b = Batch::new();
         b.ensure_chain_rules(&chain, vec![vec![json!({"masquerade": null})]]);
+        let cmds = b.to_json()["nftables"].as_array().unwrap().clone();
         assert_eq!(
-            b.to_json()["nftables"],
-            json!([
-                {"add": {"table": {"family": "inet", "name": "t"}}},
-                {"add": {"chain": {"family": "inet", "table": "t", "name": "post",
-                    "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}}},
-                {"flush": {"chain": {"family": "inet", "table": "t", "name": "post"}}},
-                {"add": {"rule": {"family": "inet", "table": "t", "chain": "post",
-                    "expr": [{"masquerade": null}]}}},
-            ])
+            cmds[..4],
+            [
+                json!({"add": {"table": {"family": "inet", "name": "t"}}}),
+                json!({"add": {"chain": {"family": "inet", "table": "t", "name": "post",
+                    "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}}}),
+                json!({"flush": {"chain": {"family": "inet", "table": "t", "name": "post"}}}),
+                json!({"add": {"rule": {"family": "inet", "table": "t", "chain": "post",
+                    "expr": [{"masquerade": null}]}}}),
+            ]
         );
+        // The rules are guarded by the marker map, holding their hash.
+        assert_eq!(cmds[4]["add"]["map"]["name"], SETUP_MARKER);
+        assert_eq!(cmds[5]["flush"]["map"]["name"], SETUP_MARKER);
+        let hash = cmds[6]["add"]["element"]["elem"][0][1].as_u64().unwrap();
+        assert_eq!(cmds.len(), 7);
+        // Without elements there is nothing for netlink to do.
+        assert!(b.netlink_messages(false).is_none());
+        // With one, the marker goes first: a missing marker fails the transaction.
+        b.add_attachment_elements(
+            &S,
+            "n/c/eth0",
+            &[Key::new(json!({"concat": ["10.0.0.1", "10.0.0.2"]}))],
+        );
+        let msgs = b.netlink_messages(false).unwrap();
+        assert_eq!(msgs[0].set, SETUP_MARKER);
+        assert_eq!(
+            msgs[0].elements[0].data,
+            Some((hash as u32).to_ne_bytes().to_vec())
+        );
+        assert_eq!(msgs.len(), 2);
+        // Other rules, another marker; a raw command sends everything through nft.
+        let mut other = Batch::new();
+        other.ensure_chain_rules(&chain, vec![vec![json!({"accept": null})]]);
+        assert_ne!(u64::from(other.markers()[0].1), hash);
+        b.push(json!({"x": 1}));
+        assert!(b.netlink_messages(false).is_none());
     }
 
     #[test]

@@ -1,0 +1,858 @@
+//! nf_tables spoken over netlink for the hot path: per-attachment set elements added and
+//! deleted in one transaction, and the rules of one chain read back. No `nft` process.
+//!
+//! Starting `nft` costs 10–20 ms per call on a busy node (dynamic loading, a ruleset cache
+//! fetch) and its memory counts against the plugin's; ADD and DEL only change set elements
+//! of fixed rules, which are small to encode here. Everything else (tables, chains, rules,
+//! listings for CHECK and GC) still goes through `nft` (see [`super::apply_to_kernel`]).
+//!
+//! Element keys are encoded from the same JSON values the `nft` path takes, using the set's
+//! declared types: a concatenation pads each field to 4 bytes, an interval set with a
+//! concatenated key (nft's "pipapo") takes a start and an end key.
+
+use super::Family;
+use crate::error::{Error, Result};
+use crate::nfnetlink::{
+    self, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLMSG_DONE, NLMSG_ERROR, NfSocket, find,
+    put_attr, put_nested, put_str,
+};
+use serde_json::Value;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Mutex;
+
+/// `NFNL_SUBSYS_NFTABLES`.
+const SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+
+// enum nf_tables_msg_types
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_GETCHAIN: u16 = 4;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_GETRULE: u16 = 7;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
+
+// enum nft_chain_attributes
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+// enum nft_rule_attributes
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_RULE_USERDATA: u16 = 7;
+// enum nft_list_attributes / nft_expr_attributes
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+// enum nft_set_elem_list_attributes
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+// enum nft_set_elem_attributes
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_SET_ELEM_USERDATA: u16 = 6;
+const NFTA_SET_ELEM_KEY_END: u16 = 10;
+// enum nft_data_attributes
+const NFTA_DATA_VALUE: u16 = 1;
+/// libnftnl's user-data TLV type for a comment (rules and set elements alike).
+const UDATA_COMMENT: u8 = 0;
+
+/// Type names nft gives `ifname` keys: a NUL-padded `IFNAMSIZ` array.
+const IFNAMSIZ: usize = 16;
+
+fn nfproto(family: Family) -> u8 {
+    match family {
+        Family::Inet => 1,
+        Family::Ip => 2,
+        Family::Arp => 3,
+        Family::Netdev => 5,
+        Family::Bridge => 7,
+        Family::Ip6 => 10,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Element keys
+
+/// A key encoded for the kernel: the start, and for interval sets the end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EncodedKey {
+    pub start: Vec<u8>,
+    pub end: Option<Vec<u8>>,
+}
+
+/// One field of a key: `(start, end)` bytes of datatype `ty`, unpadded. `None` when the
+/// value or the type is not one this encoder knows (the caller then uses `nft`).
+fn encode_field(ty: &str, v: &Value, interval: bool) -> Option<(Vec<u8>, Vec<u8>)> {
+    let same = |b: Vec<u8>| Some((b.clone(), b));
+    match ty {
+        "ipv4_addr" => match v {
+            Value::String(s) => same(s.parse::<Ipv4Addr>().ok()?.octets().to_vec()),
+            Value::Object(_) if interval => {
+                let p = v.get("prefix")?;
+                let addr: Ipv4Addr = p.get("addr")?.as_str()?.parse().ok()?;
+                let len = u32::try_from(p.get("len")?.as_u64()?).ok()?;
+                let host = u32::MAX.checked_shr(len).unwrap_or(0);
+                let a = u32::from(addr);
+                Some((
+                    (a & !host).to_be_bytes().to_vec(),
+                    (a | host).to_be_bytes().to_vec(),
+                ))
+            }
+            _ => None,
+        },
+        "ipv6_addr" => match v {
+            Value::String(s) => same(s.parse::<Ipv6Addr>().ok()?.octets().to_vec()),
+            Value::Object(_) if interval => {
+                let p = v.get("prefix")?;
+                let addr: Ipv6Addr = p.get("addr")?.as_str()?.parse().ok()?;
+                let len = u32::try_from(p.get("len")?.as_u64()?).ok()?;
+                let host = u128::MAX.checked_shr(len).unwrap_or(0);
+                let a = u128::from(addr);
+                Some((
+                    (a & !host).to_be_bytes().to_vec(),
+                    (a | host).to_be_bytes().to_vec(),
+                ))
+            }
+            _ => None,
+        },
+        "ifname" => {
+            let s = v.as_str()?;
+            if s.len() >= IFNAMSIZ {
+                return None;
+            }
+            let mut b = s.as_bytes().to_vec();
+            b.resize(IFNAMSIZ, 0);
+            same(b)
+        }
+        "ether_addr" => {
+            let mac = crate::netlink::parse_mac(v.as_str()?).ok()?;
+            same(mac.to_vec())
+        }
+        "inet_proto" => {
+            let n = match v {
+                Value::String(s) => match s.as_str() {
+                    "tcp" => 6,
+                    "udp" => 17,
+                    "sctp" => 132,
+                    "dccp" => 33,
+                    "icmp" => 1,
+                    "ipv6-icmp" | "icmpv6" => 58,
+                    _ => return None,
+                },
+                _ => u8::try_from(v.as_u64()?).ok()?,
+            };
+            same(vec![n])
+        }
+        "inet_service" => same(u16::try_from(v.as_u64()?).ok()?.to_be_bytes().to_vec()),
+        "mark" => same(u32::try_from(v.as_u64()?).ok()?.to_ne_bytes().to_vec()),
+        _ => None,
+    }
+}
+
+/// Encodes an element key of a set whose key types are `types`.
+pub(crate) fn encode_key(types: &[String], interval: bool, v: &Value) -> Option<EncodedKey> {
+    let (mut start, mut end) = (Vec::new(), Vec::new());
+    match types {
+        [one] => {
+            // Intervals of a plain (not concatenated) key are stored as two elements by nft
+            // (start, and end + 1 flagged as an interval end): left to nft.
+            if interval {
+                return None;
+            }
+            let (s, _) = encode_field(one, v, false)?;
+            start = s;
+        }
+        many => {
+            let parts = v.get("concat")?.as_array()?;
+            if parts.len() != many.len() {
+                return None;
+            }
+            for (ty, part) in many.iter().zip(parts) {
+                let (mut s, mut e) = encode_field(ty, part, interval)?;
+                s.resize(nfnetlink::align4(s.len()), 0);
+                e.resize(nfnetlink::align4(e.len()), 0);
+                start.extend_from_slice(&s);
+                end.extend_from_slice(&e);
+            }
+        }
+    }
+    Some(EncodedKey {
+        end: interval.then_some(end),
+        start,
+    })
+}
+
+/// Encodes a map element's value of type `ty`.
+pub(crate) fn encode_data(ty: &str, v: &Value) -> Option<Vec<u8>> {
+    encode_field(ty, v, false).map(|(s, _)| s)
+}
+
+// ---------------------------------------------------------------------------------------
+// Transactions of element changes
+
+/// One element, ready to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Element {
+    pub key: EncodedKey,
+    pub data: Option<Vec<u8>>,
+    pub comment: Option<String>,
+}
+
+/// What one message of a transaction does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ElementCmd {
+    /// Add; an existing element with the same key (and value) is left as it is.
+    Add,
+    /// Add; fails with EEXIST when the key exists.
+    Create,
+    Delete,
+}
+
+/// One message: a command on elements of one set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ElementMsg {
+    pub family: Family,
+    pub table: String,
+    pub set: String,
+    pub cmd: ElementCmd,
+    pub elements: Vec<Element>,
+}
+
+fn put_data(buf: &mut Vec<u8>, kind: u16, bytes: &[u8]) {
+    put_nested(buf, kind, |b| put_attr(b, NFTA_DATA_VALUE, bytes));
+}
+
+/// libnftnl's user data holding one comment: type, length, the string and its NUL.
+fn comment_udata(comment: &str) -> Option<Vec<u8>> {
+    let len = u8::try_from(comment.len() + 1).ok()?;
+    let mut v = vec![UDATA_COMMENT, len];
+    v.extend_from_slice(comment.as_bytes());
+    v.push(0);
+    Some(v)
+}
+
+fn element_attrs(m: &ElementMsg) -> Vec<u8> {
+    let mut a = Vec::new();
+    put_str(&mut a, NFTA_SET_ELEM_LIST_TABLE, &m.table);
+    put_str(&mut a, NFTA_SET_ELEM_LIST_SET, &m.set);
+    put_nested(&mut a, NFTA_SET_ELEM_LIST_ELEMENTS, |a| {
+        for e in &m.elements {
+            put_nested(a, NFTA_LIST_ELEM, |a| {
+                put_data(a, NFTA_SET_ELEM_KEY, &e.key.start);
+                if let Some(end) = &e.key.end {
+                    put_data(a, NFTA_SET_ELEM_KEY_END, end);
+                }
+                if m.cmd != ElementCmd::Delete {
+                    if let Some(d) = &e.data {
+                        put_data(a, NFTA_SET_ELEM_DATA, d);
+                    }
+                    if let Some(u) = e.comment.as_deref().and_then(comment_udata) {
+                        put_attr(a, NFTA_SET_ELEM_USERDATA, &u);
+                    }
+                }
+            });
+        }
+    });
+    a
+}
+
+/// Sockets whose close is left to the process exit; see [`close_at_exit`].
+static CLOSE_AT_EXIT: Mutex<Vec<NfSocket>> = Mutex::new(Vec::new());
+
+/// Keeps `nl` open until the process exits. What a transaction deleted is freed by kernel
+/// work after an RCU grace period (10–20 ms on a busy node), and closing an nf_tables
+/// socket waits for that work to finish. Closed at exit instead, the wait overlaps the
+/// rest of the plugin's work (bridge's DEL deletes a veth meanwhile, which takes a grace
+/// period of its own) and is over, or nearly, by then.
+fn close_at_exit(nl: NfSocket) {
+    match CLOSE_AT_EXIT.lock() {
+        Ok(mut v) => v.push(nl),
+        Err(poisoned) => poisoned.into_inner().push(nl),
+    }
+}
+
+/// How a transaction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Committed,
+    /// Refused as a whole (nothing changed): the errno, and which of the messages (by index)
+    /// the kernel named, when it named one of them.
+    Refused(i32, Option<usize>),
+}
+
+/// Kernel: sends `msgs` as one nf_tables batch (all or nothing) and reads every answer.
+pub(crate) fn transact_in_kernel(msgs: &[ElementMsg]) -> Result<Outcome> {
+    let op = "transaction";
+    let mut nl = NfSocket::open("nftables")?;
+    let mut out = Vec::new();
+    let begin = nl.next_seq();
+    nfnetlink::put_message(
+        &mut out,
+        NFNL_MSG_BATCH_BEGIN,
+        0,
+        begin,
+        0,
+        SUBSYS_NFTABLES,
+        &[],
+    );
+    let mut last = begin;
+    for m in msgs {
+        let (kind, flags) = match m.cmd {
+            ElementCmd::Add => (NFT_MSG_NEWSETELEM, NLM_F_CREATE),
+            ElementCmd::Create => (NFT_MSG_NEWSETELEM, NLM_F_CREATE | NLM_F_EXCL),
+            ElementCmd::Delete => (NFT_MSG_DELSETELEM, 0),
+        };
+        last = nl.next_seq();
+        nfnetlink::put_message(
+            &mut out,
+            SUBSYS_NFTABLES << 8 | kind,
+            flags | NLM_F_ACK,
+            last,
+            nfproto(m.family),
+            0,
+            &element_attrs(m),
+        );
+    }
+    let end = nl.next_seq();
+    nfnetlink::put_message(
+        &mut out,
+        NFNL_MSG_BATCH_END,
+        0,
+        end,
+        0,
+        SUBSYS_NFTABLES,
+        &[],
+    );
+    nl.send(&out, op)?;
+    // The kernel ran the batch inside that send: the answers (an ack per message, or the
+    // errors) are queued. Read until the last message's answer or an error, then drain.
+    let mut first_error = None;
+    let mut done = false;
+    while !done {
+        let n = nl.recv(op)?;
+        for r in nfnetlink::replies(nl.buf.get(..n).unwrap_or(&[]))? {
+            if r.msg_type != NLMSG_ERROR || r.seq < begin || r.seq > end {
+                continue;
+            }
+            let errno = r.errno().unwrap_or(0);
+            if errno != 0 {
+                first_error.get_or_insert((errno, r.seq));
+                done = true;
+            }
+            if r.seq == last {
+                done = true;
+            }
+        }
+    }
+    while let Some(n) = nl.try_recv(op)? {
+        for r in nfnetlink::replies(nl.buf.get(..n).unwrap_or(&[]))? {
+            if r.msg_type == NLMSG_ERROR && (begin..=end).contains(&r.seq) {
+                if let Some(errno) = r.errno().filter(|e| *e != 0) {
+                    first_error.get_or_insert((errno, r.seq));
+                }
+            }
+        }
+    }
+    let outcome = match first_error {
+        // Messages were numbered begin + 1, begin + 2, ...
+        Some((errno, seq)) => Outcome::Refused(
+            errno,
+            usize::try_from(seq.wrapping_sub(begin))
+                .ok()
+                .and_then(|i| i.checked_sub(1))
+                .filter(|i| *i < msgs.len()),
+        ),
+        None => Outcome::Committed,
+    };
+    if outcome == Outcome::Committed && msgs.iter().any(|m| m.cmd == ElementCmd::Delete) {
+        close_at_exit(nl);
+    }
+    Ok(outcome)
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading one chain's rules
+
+/// A rule as the kernel holds it: its comment and its expressions (name, attributes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelRule {
+    pub comment: Option<String>,
+    pub exprs: Vec<(String, Vec<u8>)>,
+}
+
+impl KernelRule {
+    fn parse(attrs: &[u8]) -> KernelRule {
+        let comment = find(attrs, NFTA_RULE_USERDATA).and_then(|u| {
+            let mut rest = u;
+            while let [ty, len, tail @ ..] = rest {
+                let len = usize::from(*len);
+                let value = tail.get(..len)?;
+                if *ty == UDATA_COMMENT {
+                    return nfnetlink::as_str(value).map(str::to_string);
+                }
+                rest = tail.get(len..)?;
+            }
+            None
+        });
+        let exprs = find(attrs, NFTA_RULE_EXPRESSIONS)
+            .map(|list| {
+                nfnetlink::attrs(list)
+                    .filter(|(k, _)| *k == NFTA_LIST_ELEM)
+                    .map(|(_, e)| {
+                        let name = find(e, NFTA_EXPR_NAME)
+                            .and_then(nfnetlink::as_str)
+                            .unwrap_or("")
+                            .to_string();
+                        let data = find(e, NFTA_EXPR_DATA).unwrap_or(&[]).to_vec();
+                        (name, data)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        KernelRule { comment, exprs }
+    }
+}
+
+/// The nested attribute `path` inside an expression's data, e.g. a bitwise's mask value.
+pub fn expr_attr<'a>(data: &'a [u8], path: &[u16]) -> Option<&'a [u8]> {
+    path.iter().try_fold(data, |d, k| find(d, *k))
+}
+
+/// Kernel: the rules of chain `table`/`chain` of `family`, in order; `None` when the table
+/// or the chain does not exist.
+pub fn chain_rules_in_kernel(
+    family: Family,
+    table: &str,
+    chain: &str,
+) -> Result<Option<Vec<KernelRule>>> {
+    let what = format!("{family} {table} {chain}");
+    let mut nl = NfSocket::open("nftables")?;
+    let mut req = Vec::new();
+    let mut a = Vec::new();
+    put_str(&mut a, NFTA_CHAIN_TABLE, table);
+    put_str(&mut a, NFTA_CHAIN_NAME, chain);
+    let seq = nl.next_seq();
+    nfnetlink::put_message(
+        &mut req,
+        SUBSYS_NFTABLES << 8 | NFT_MSG_GETCHAIN,
+        NLM_F_ACK,
+        seq,
+        nfproto(family),
+        0,
+        &a,
+    );
+    nl.send(&req, "get chain")?;
+    let mut exists = None;
+    while exists.is_none() {
+        let n = nl.recv("get chain")?;
+        for r in nfnetlink::replies(nl.buf.get(..n).unwrap_or(&[]))? {
+            if r.seq != seq {
+                continue;
+            }
+            match r.errno() {
+                Some(0) => exists = exists.or(Some(true)),
+                Some(e) if e == libc::ENOENT => exists = Some(false),
+                Some(e) => return Err(Error::netlink(format!("reading chain {what}"), e)),
+                None if r.msg_type == SUBSYS_NFTABLES << 8 | NFT_MSG_NEWCHAIN => {
+                    exists = Some(true)
+                }
+                None => {}
+            }
+        }
+    }
+    // The ack may follow the chain; drain it so the dump's answers come alone.
+    while nl.try_recv("get chain")?.is_some() {}
+    if exists != Some(true) {
+        return Ok(None);
+    }
+
+    let mut req = Vec::new();
+    let mut a = Vec::new();
+    put_str(&mut a, NFTA_RULE_TABLE, table);
+    put_str(&mut a, NFTA_RULE_CHAIN, chain);
+    let seq = nl.next_seq();
+    nfnetlink::put_message(
+        &mut req,
+        SUBSYS_NFTABLES << 8 | NFT_MSG_GETRULE,
+        NLM_F_DUMP,
+        seq,
+        nfproto(family),
+        0,
+        &a,
+    );
+    nl.send(&req, "dump rules")?;
+    let mut rules = Vec::new();
+    loop {
+        let n = nl.recv("dump rules")?;
+        for r in nfnetlink::replies(nl.buf.get(..n).unwrap_or(&[]))? {
+            if r.seq != seq {
+                continue;
+            }
+            match r.msg_type {
+                NLMSG_DONE => return Ok(Some(rules)),
+                NLMSG_ERROR => match r.errno() {
+                    Some(0) => return Ok(Some(rules)),
+                    Some(e) if e == libc::ENOENT => return Ok(None),
+                    Some(e) => return Err(Error::netlink(format!("listing {what}"), e)),
+                    None => {}
+                },
+                t if t == SUBSYS_NFTABLES << 8 | NFT_MSG_NEWRULE => {
+                    rules.push(KernelRule::parse(r.attrs()));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn types(t: &[&str]) -> Vec<String> {
+        t.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn plain_keys_are_their_type_length() {
+        let k = encode_key(&types(&["ipv4_addr"]), false, &json!("10.0.0.5")).unwrap();
+        assert_eq!(k.start, vec![10, 0, 0, 5]);
+        assert_eq!(k.end, None);
+        let k = encode_key(&types(&["ether_addr"]), false, &json!("02:00:00:00:00:01")).unwrap();
+        assert_eq!(k.start, vec![2, 0, 0, 0, 0, 1]);
+        let k = encode_key(&types(&["ifname"]), false, &json!("br0")).unwrap();
+        assert_eq!(k.start.len(), 16);
+        assert_eq!(&k.start[..4], b"br0\0");
+        assert!(encode_key(&types(&["ifname"]), false, &json!("x".repeat(16))).is_none());
+    }
+
+    #[test]
+    fn concatenations_pad_each_field_to_four_bytes() {
+        let k = encode_key(
+            &types(&["inet_proto", "inet_service"]),
+            false,
+            &json!({"concat": ["tcp", 8080]}),
+        )
+        .unwrap();
+        assert_eq!(k.start, vec![6, 0, 0, 0, 0x1f, 0x90, 0, 0]);
+        let k = encode_key(
+            &types(&["ifname", "ether_addr"]),
+            false,
+            &json!({"concat": ["veth1", "02:00:00:00:00:01"]}),
+        )
+        .unwrap();
+        assert_eq!(k.start.len(), 16 + 8);
+        assert!(
+            encode_key(
+                &types(&["ipv4_addr", "ipv4_addr"]),
+                false,
+                &json!({"concat": ["10.0.0.1"]})
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn interval_concatenations_have_an_end() {
+        let k = encode_key(
+            &types(&["ipv4_addr", "ipv4_addr"]),
+            true,
+            &json!({"concat": ["10.0.0.5", {"prefix": {"addr": "10.0.0.0", "len": 16}}]}),
+        )
+        .unwrap();
+        assert_eq!(k.start, vec![10, 0, 0, 5, 10, 0, 0, 0]);
+        assert_eq!(k.end, Some(vec![10, 0, 0, 5, 10, 0, 255, 255]));
+        let k = encode_key(
+            &types(&["ipv6_addr", "ipv6_addr"]),
+            true,
+            &json!({"concat": ["fd00::5", {"prefix": {"addr": "fd00::", "len": 64}}]}),
+        )
+        .unwrap();
+        let end = k.end.unwrap();
+        assert_eq!(&end[16..24], &[0xfd, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&end[24..32], &[0xff; 8]);
+        // A plain interval key is nft's business.
+        assert!(encode_key(&types(&["ipv4_addr"]), true, &json!("10.0.0.5")).is_none());
+    }
+
+    #[test]
+    fn map_values_and_unknown_types() {
+        assert_eq!(encode_data("inet_service", &json!(80)), Some(vec![0, 80]));
+        assert_eq!(
+            encode_data("ipv4_addr", &json!("10.0.0.9")),
+            Some(vec![10, 0, 0, 9])
+        );
+        assert_eq!(encode_data("verdict", &json!({"accept": null})), None);
+    }
+
+    #[test]
+    fn comment_user_data_is_libnftnl_shaped() {
+        assert_eq!(comment_udata("ab"), Some(vec![0, 3, b'a', b'b', 0]));
+        assert_eq!(comment_udata(&"x".repeat(300)), None);
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Against the kernel (root), in a throwaway namespace: what goes over netlink is what
+    // nft lists back.
+
+    use crate::netlink::tests::{TestNs, have_root};
+    use crate::nft::{
+        self, Batch, ChainDef, Key, SETUP_MARKER, SetDef, TableRef, apply_to_kernel,
+        list_table_from_kernel,
+    };
+
+    const T: TableRef<'static> = TableRef {
+        family: Family::Inet,
+        name: "cnirs_nltest",
+    };
+    const CHAIN: ChainDef<'static> = ChainDef {
+        table: T,
+        name: "c",
+        hook: None,
+    };
+    const fn set(
+        name: &'static str,
+        key: &'static [&'static str],
+        map: Option<&'static str>,
+        interval: bool,
+    ) -> SetDef<'static> {
+        SetDef {
+            table: T,
+            name,
+            key,
+            map,
+            interval,
+        }
+    }
+    const ADDR4: SetDef<'static> = set("addr4", &["ipv4_addr"], None, false);
+    const EXEMPT4: SetDef<'static> = set("exempt4", &["ipv4_addr", "ipv4_addr"], None, true);
+    const EXEMPT6: SetDef<'static> = set("exempt6", &["ipv6_addr", "ipv6_addr"], None, true);
+    const ALLOWED: SetDef<'static> = set("allowed", &["ifname", "ether_addr"], None, false);
+    const SAME6: SetDef<'static> = set("same6", &["ifname", "ifname", "ipv6_addr"], None, false);
+    const PORT4: SetDef<'static> = set(
+        "port4",
+        &["inet_proto", "inet_service"],
+        Some("inet_service"),
+        false,
+    );
+    const ADDR6: SetDef<'static> = set(
+        "addr6",
+        &["ipv6_addr", "inet_proto", "inet_service"],
+        Some("ipv6_addr"),
+        false,
+    );
+    const ALL: [&SetDef<'static>; 7] =
+        [&ADDR4, &EXEMPT4, &EXEMPT6, &ALLOWED, &SAME6, &PORT4, &ADDR6];
+
+    /// One key per set, numbered by `n` so that two attachments differ.
+    fn keys(n: u8) -> Vec<(&'static SetDef<'static>, Key)> {
+        vec![
+            (&ADDR4, Key::new(json!(format!("10.1.0.{n}")))),
+            (
+                &EXEMPT4,
+                Key::new(json!({"concat": [format!("10.1.0.{n}"),
+                    {"prefix": {"addr": "10.1.0.0", "len": 16}}]})),
+            ),
+            (
+                &EXEMPT6,
+                Key::new(json!({"concat": [format!("fd00::{n}"),
+                    {"prefix": {"addr": "fd00::", "len": 64}}]})),
+            ),
+            (
+                &ALLOWED,
+                Key::new(
+                    json!({"concat": [format!("veth{n}"), format!("02:00:00:00:00:{n:02x}")]}),
+                ),
+            ),
+            (
+                &SAME6,
+                Key::new(json!({"concat": ["br0", format!("veth{n}"), format!("fd00::{n}")]})),
+            ),
+            (
+                &PORT4,
+                Key::mapping(json!({"concat": ["tcp", 8000 + u16::from(n)]}), json!(80)),
+            ),
+            (
+                &ADDR6,
+                Key::mapping(
+                    json!({"concat": ["fd00::1", "udp", 5300 + u16::from(n)]}),
+                    json!(format!("fd00::{n}")),
+                ),
+            ),
+        ]
+    }
+
+    fn batch(rule: serde_json::Value, n: u8, comment: &str) -> Batch {
+        let mut b = Batch::new();
+        b.add_table(T);
+        for s in ALL {
+            b.add_set(s);
+        }
+        b.ensure_chain_rules(&CHAIN, vec![vec![rule]]);
+        for (s, k) in keys(n) {
+            b.add_attachment_elements(s, comment, &[k]);
+        }
+        b
+    }
+
+    fn delete_batch(n: u8) -> Batch {
+        let mut b = Batch::new();
+        for (s, k) in keys(n) {
+            b.delete_known_elements(s, &[k]);
+        }
+        b
+    }
+
+    fn listed(ns: &TestNs) -> nft::TableListing {
+        ns.run(|| list_table_from_kernel(T)).unwrap().unwrap()
+    }
+
+    #[test]
+    fn elements_over_netlink_are_what_nft_lists() {
+        if !have_root() {
+            return;
+        }
+        let ns = TestNs::new();
+        let accept = json!({"accept": null});
+        // The first batch has no marker to lean on: nft writes everything.
+        let first = batch(accept.clone(), 1, "n/c1/eth0");
+        let msgs = first.netlink_messages(false).unwrap();
+        assert_eq!(
+            ns.run(|| transact_in_kernel(&msgs)).unwrap(),
+            Outcome::Refused(libc::ENOENT, Some(0)),
+            "no table yet: refused, nothing changed"
+        );
+        ns.run(|| apply_to_kernel(&first)).unwrap();
+        let l = listed(&ns);
+        for (s, k) in keys(1) {
+            assert!(l.has_element(s.name, &k, "n/c1/eth0"), "{} {k:?}", s.name);
+        }
+        assert!(
+            l.set(SETUP_MARKER).is_none(),
+            "the marker is not a set of the ruleset"
+        );
+
+        // The second attachment: its elements alone, over netlink.
+        let second = batch(accept.clone(), 2, "n/c2/eth0");
+        let msgs = second.netlink_messages(false).unwrap();
+        assert_eq!(
+            ns.run(|| transact_in_kernel(&msgs)).unwrap(),
+            Outcome::Committed
+        );
+        let l = listed(&ns);
+        for (s, k) in keys(2) {
+            assert!(l.has_element(s.name, &k, "n/c2/eth0"), "{} {k:?}", s.name);
+        }
+        for (s, k) in keys(1) {
+            assert!(l.has_element(s.name, &k, "n/c1/eth0"), "{} {k:?}", s.name);
+        }
+        // Again: the elements exist, so the first form is refused on one of them (not on
+        // the marker); the replacing form takes them over with its comment.
+        let again = batch(accept.clone(), 2, "n/c3/eth0");
+        let refused = ns
+            .run(|| transact_in_kernel(&again.netlink_messages(false).unwrap()))
+            .unwrap();
+        assert!(
+            matches!(refused, Outcome::Refused(e, Some(i)) if e == libc::EEXIST && i > 0),
+            "{refused:?}"
+        );
+        ns.run(|| apply_to_kernel(&again)).unwrap();
+        let l = listed(&ns);
+        for (s, k) in keys(2) {
+            assert!(l.has_element(s.name, &k, "n/c3/eth0"), "{} {k:?}", s.name);
+        }
+
+        // Other rules: the marker refuses the element transaction, nft rewrites the rules.
+        let changed = batch(json!({"drop": null}), 4, "n/c4/eth0");
+        assert_eq!(
+            ns.run(|| transact_in_kernel(&changed.netlink_messages(false).unwrap()))
+                .unwrap(),
+            Outcome::Refused(libc::EEXIST, Some(0))
+        );
+        ns.run(|| apply_to_kernel(&changed)).unwrap();
+        assert_eq!(
+            listed(&ns).chain("c").unwrap().rules,
+            vec![vec![json!({"drop": null})]]
+        );
+
+        // DEL over netlink, twice (the second finds nothing, and succeeds).
+        for _ in 0..2 {
+            let msgs = delete_batch(2).netlink_messages(false).unwrap();
+            assert_eq!(
+                ns.run(|| transact_in_kernel(&msgs)).unwrap(),
+                Outcome::Committed
+            );
+        }
+        let l = listed(&ns);
+        for (s, k) in keys(2) {
+            assert!(!l.has_element(s.name, &k, "n/c3/eth0"), "{} {k:?}", s.name);
+        }
+        for (s, k) in keys(1) {
+            assert!(l.has_element(s.name, &k, "n/c1/eth0"), "{} {k:?}", s.name);
+        }
+
+        // CHECK's repair hook: after forgetting, the next ADD rewrites the rules.
+        let out = ns.run(|| {
+            std::process::Command::new("nft")
+                .args(["flush", "chain", "inet", T.name, "c"])
+                .output()
+                .unwrap()
+        });
+        assert!(out.status.success());
+        ns.run(|| nft::forget_setup_in_kernel(&[T]));
+        ns.run(|| apply_to_kernel(&changed)).unwrap();
+        assert_eq!(listed(&ns).chain("c").unwrap().rules.len(), 1);
+    }
+
+    #[test]
+    fn chain_rules_are_read_with_their_comments() {
+        if !have_root() {
+            return;
+        }
+        let ns = TestNs::new();
+        assert_eq!(
+            ns.run(|| chain_rules_in_kernel(Family::Ip, "filter", "FORWARD"))
+                .unwrap(),
+            None
+        );
+        let script = "add table ip filter\n\
+            add chain ip filter FORWARD { type filter hook forward priority 0; policy drop; }\n\
+            add rule ip filter FORWARD ip saddr 10.0.0.1 counter accept\n\
+            add rule ip filter FORWARD meta mark & 0x10 == 0x10 accept comment \"hello there\"\n";
+        let out = ns.run(|| {
+            let mut child = std::process::Command::new("nft")
+                .args(["-f", "-"])
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(script.as_bytes())
+                .unwrap();
+            child.wait().unwrap()
+        });
+        assert!(out.success());
+        let rules = ns
+            .run(|| chain_rules_in_kernel(Family::Ip, "filter", "FORWARD"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].comment, None);
+        assert_eq!(rules[1].comment.as_deref(), Some("hello there"));
+        let names: Vec<&str> = rules[1].exprs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["meta", "bitwise", "cmp", "immediate"]);
+        // Another family's chain of that name does not exist.
+        assert_eq!(
+            ns.run(|| chain_rules_in_kernel(Family::Ip6, "filter", "FORWARD"))
+                .unwrap(),
+            None
+        );
+    }
+}
