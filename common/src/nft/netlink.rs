@@ -274,6 +274,16 @@ fn close_at_exit(nl: NfSocket) {
     }
 }
 
+/// Closes, now, the sockets [`close_at_exit`] kept (waiting for the kernel's destroy work
+/// when a transaction deleted something): for measuring that wait.
+pub fn close_kept_sockets() {
+    let kept = match CLOSE_AT_EXIT.lock() {
+        Ok(mut v) => std::mem::take(&mut *v),
+        Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+    };
+    drop(kept);
+}
+
 /// How a transaction ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
