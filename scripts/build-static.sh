@@ -15,9 +15,10 @@
 # over the tables of pointers) and, when the toolchain's lld is there (rustup's), linked with
 # the functions that the plugins run (scripts/hot-symbols.txt, from scripts/hot-symbols.sh)
 # placed together at the start of the code: 0.4-0.8 MiB less per call. HOT_SYMBOLS=FILE uses
-# another list, HOT_SYMBOLS=none none; names missing from a build are skipped. The names carry
-# a hash of the build's profile, which includes `strip`, so the binaries are linked with their
-# symbols like scripts/hot-symbols.sh's and stripped afterwards (KEEP_SYMBOLS=1: not).
+# another list, HOT_SYMBOLS=none none. Names carry a hash of the toolchain, the dependency
+# versions and the profile (`strip` included): the binaries are linked with their symbols like
+# scripts/hot-symbols.sh's and stripped afterwards (KEEP_SYMBOLS=1: not), and a name whose hash
+# no longer matches stands for its namesakes (scripts/link-hot.sh).
 # Extra arguments go to `cargo build`. Prints the output directory on its last line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,12 +45,13 @@ hot=${HOT_SYMBOLS:-scripts/hot-symbols.txt}
 gcc_ld=$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/gcc-ld
 if [ "$hot" != none ] && [ -f "$hot" ] && [ -x "$gcc_ld/ld.lld" ]; then
   # The list is copied under its checksum so that a new list changes the flags and relinks.
+  # scripts/link-hot.sh matches it against the link's own symbols (see there).
   sum=$(sha256sum "$hot" | cut -c1-16)
   mkdir -p "$dir"
   order=$(cd "$dir" && pwd)/hot-symbols-$sum.txt
   cp "$hot" "$order"
-  flags="$flags -C link-arg=-fuse-ld=lld -C link-arg=-B$gcc_ld"
-  flags="$flags -C link-arg=-Wl,--symbol-ordering-file=$order -C link-arg=-Wl,--no-warn-symbol-ordering"
+  export HOT_SYMBOLS_FILE=$order
+  flags="$flags -C linker=$PWD/scripts/link-hot.sh -C link-arg=-fuse-ld=lld -C link-arg=-B$gcc_ld"
 elif [ "$hot" != none ]; then
   echo "build-static.sh: no $hot or no lld in $gcc_ld: functions left in the linker's order" >&2
 fi
