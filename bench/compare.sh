@@ -10,13 +10,16 @@
 #      ADD/DEL median and p95, N containers sequentially and 8 at a time; then once more
 #      through a timing shim for each plugin's own ADD/DEL time within the chain; then a
 #      short run (10 containers) with every plugin under `/usr/bin/time -f %M` for its peak
-#      resident memory. The chain runs are ../shared/bench/chain-bench.sh (beside the
+#      resident memory: the largest of any call, the first container's ADD (the first ADD of
+#      a network creates its tables) and the median over the containers. The chain runs are ../shared/bench/chain-bench.sh (beside the
 #      repository, as in CI; CHAIN_BENCH=path overrides); without it those sections are
 #      skipped and the table says so.
 #   2. host-local ADD/DEL with 10, 1,000, 10,000 and 50,000 existing allocations
 #      (plugins/host-local/examples/bench.rs, HL_RUNS calls per figure, default 21).
-#   3. the size of each plugin binary (target/release, the static build if present, the
-#      reference).
+#   3. the size of each plugin binary (target/release, the static build, the reference).
+#
+# "Ours" are the binaries this project ships: the static build of scripts/build-static.sh
+# (built here first); where it cannot be built (no static C library) target/release instead.
 #
 # Writes bench/results/<date>.md (machine, versions, tables), bench/results/host-local.csv
 # and bench/results/host-local.png (latency against allocations, log x; needs gnuplot:
@@ -43,8 +46,15 @@ say() { echo "[compare] $*" >&2; }
 say "building release binaries"
 cargo build --release --workspace --quiet
 cargo build --release --quiet -p cni-host-local --example bench
-OURS=$PWD/target/release
-STATIC=$(ls -d target/*-linux-gnu/release 2>/dev/null | head -1 || true)
+DYN=$PWD/target/release
+STATIC=""
+if out=$(scripts/build-static.sh --quiet 2>"$W/static.err"); then
+  STATIC=$(echo "$out" | tail -1)
+else
+  say "no static build (see below); measuring target/release"; cat "$W/static.err" >&2
+fi
+OURS=${STATIC:+$PWD/$STATIC}
+OURS=${OURS:-$DYN}
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a == "null" || b == "null" || b + 0 == 0) print "–"; else printf (a / b < 0.1 ? "%.3f" : "%.2f"), a / b }'; }
 fmt_ms() { case $1 in ""|null) echo "–" ;; *) printf '%.1f ms' "$1" ;; esac; }
@@ -109,8 +119,13 @@ if [ -x "$CHAIN_BENCH" ] && command -v cnitool >/dev/null && [ -x "$REF/bridge" 
         for (i = 3; i <= NF; i++) if ($i == f) { print $(i + 1); exit }
         for (i = 3; i <= NF; i++) if (index($i, f) == 1) { v = substr($i, length(f) + 1); if (v != "") { print v; exit } } }' "$1"
   }
-  rss() {  # log cmd plugin -> max KiB
-    awk -v c="$2" -v p="$3" '$1 == c && $2 == p && $3 > m { m = $3 } END { if (m) print m }' "$1" 2>/dev/null
+  rss() {  # log cmd plugin [max|first|median] -> KiB
+    awk -v c="$2" -v p="$3" -v w="${4:-max}" '$1 == c && $2 == p { v[++n] = $3 + 0 }
+      END { if (!n) exit
+        if (w == "first") { print v[1]; exit }
+        if (w == "max") { m = 0; for (i = 1; i <= n; i++) if (v[i] > m) m = v[i]; print m; exit }
+        for (i = 2; i <= n; i++) for (j = i; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+        print (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2 }' "$1" 2>/dev/null
   }
   chain_md=$(
     echo "### Six-plugin chain under cnitool"
@@ -146,16 +161,26 @@ if [ -x "$CHAIN_BENCH" ] && command -v cnitool >/dev/null && [ -x "$REF/bridge" 
       oa=$(rss "$W/rss-ours.log" ADD "$p"); ra=$(rss "$W/rss-ref.log" ADD "$p")
       od=$(rss "$W/rss-ours.log" DEL "$p"); rd=$(rss "$W/rss-ref.log" DEL "$p")
       echo "$p ${oa:-} ${ra:-} ${od:-} ${rd:-}"
-    done
+    done >"$W/rss.txt"
+    for p in "${PLUGINS[@]}"; do
+      line=$p
+      for f in "ADD first" "ADD median" "DEL median"; do
+        for set in ours ref; do
+          # shellcheck disable=SC2086 # $f is "CMD WHICH"
+          v=$(rss "$W/rss-$set.log" ${f% *} "$p" ${f#* }); line="$line ${v:-null}"
+        done
+      done
+      echo "$line"
+    done >"$W/rss-steady.txt"
   }
-  rss_rows >"$W/rss.txt"
+  rss_rows
 else
   chain_md="### Six-plugin chain: not run
 
 $CHAIN_BENCH (the shared chain benchmark, kept beside the repository in CI), cnitool
 (scripts/install-deps.sh --interop) or the reference plugins in $REF are missing here, so the
 chain, per-plugin and memory figures were skipped."
-  : >"$W/rss.txt"
+  : >"$W/rss.txt"; : >"$W/rss-steady.txt"
 fi
 
 # ------------------------------------------------------------------ host-local
@@ -208,25 +233,37 @@ else
 fi
 
 # ------------------------------------------------------------------ sizes + RSS
-kib() { [ -n "${1:-}" ] && awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }' || echo "–"; }
+kib() { [ -n "${1:-}" ] && [ "$1" != null ] && awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }' || echo "–"; }
 size_of() { [ -f "$1" ] && stat -c %s "$1" || true; }
 mib() { [ -n "${1:-}" ] && awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }' || echo "–"; }
 res_md=$(
   echo "### Binary size and peak resident memory"
   echo
-  echo "Size on disk of target/release${STATIC:+ and the static build ($STATIC)} against $REF; peak"
-  echo "resident set of each plugin's ADD and DEL in the chain, the largest over 10 containers"
-  echo "(\`/usr/bin/time -f %M\`: the largest single process of the call, children such as"
-  echo "\`nft\`, \`iptables\` or bridge's host-local included)."
+  shipped=${STATIC:+the static build}; shipped=${shipped:-target/release}
+  echo "Size on disk of target/release${STATIC:+ and of the static build ($STATIC)} against $REF"
+  echo "(the ratio is $shipped's); peak resident set of each plugin's ADD and DEL in the chain"
+  echo "($shipped), the largest over 10 containers (\`/usr/bin/time -f %M\`: the largest single"
+  echo "process of the call, children such as \`nft\`, \`iptables\` or bridge's host-local included)."
   echo
   echo "| plugin | size ours | ${STATIC:+size ours static | }size reference | ratio | peak RSS ADD ours | reference | ratio | peak RSS DEL ours | reference | ratio |"
   echo "| --- | ---: | ${STATIC:+---: | }---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   for p in "${PLUGINS[@]}"; do
-    so=$(size_of "$OURS/$p"); sr=$(size_of "$REF/$p")
+    so=$(size_of "$DYN/$p"); sr=$(size_of "$REF/$p")
     ss=""; [ -n "$STATIC" ] && ss="$(mib "$(size_of "$STATIC/$p")") | "
     read -r _ oa ra od rd < <(grep "^$p " "$W/rss.txt" || echo "$p")
-    echo "| $p | $(mib "$so") | $ss$(mib "$sr") | $(ratio "$so" "$sr") | $(kib "$oa") | $(kib "$ra") | $(ratio "$oa" "$ra") | $(kib "$od") | $(kib "$rd") | $(ratio "$od" "$rd") |"
+    echo "| $p | $(mib "$so") | $ss$(mib "$sr") | $(ratio "$(size_of "$OURS/$p")" "$sr") | $(kib "$oa") | $(kib "$ra") | $(ratio "$oa" "$ra") | $(kib "$od") | $(kib "$rd") | $(ratio "$od" "$rd") |"
   done
+  if [ -s "$W/rss-steady.txt" ]; then
+    echo
+    echo "The same calls split: the first container's ADD (the first ADD of the network creates its"
+    echo "tables) and the median over the 10 containers (steady state):"
+    echo
+    echo "| plugin | first ADD ours | reference | ratio | median ADD ours | reference | ratio | median DEL ours | reference | ratio |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    while read -r p fa fr ma mr da dr; do
+      echo "| $p | $(kib "$fa") | $(kib "$fr") | $(ratio "$fa" "$fr") | $(kib "$ma") | $(kib "$mr") | $(ratio "$ma" "$mr") | $(kib "$da") | $(kib "$dr") | $(ratio "$da" "$dr") |"
+    done <"$W/rss-steady.txt"
+  fi
 )
 
 {

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# link-hot.sh -- linker wrapper of scripts/build-static.sh: links with `cc`, placing the
+# functions named in $HOT_SYMBOLS_FILE first (lld's --symbol-ordering-file). Rust names end in
+# a hash of the toolchain and the dependency versions ("17h<16 hex>E"); a listed name missing
+# from this link's objects stands for every symbol of the same name without the hash, so a
+# list made before a toolchain or Cargo.lock change still works.
+set -euo pipefail
+list=${HOT_SYMBOLS_FILE:?}
+order=$(mktemp)
+trap 'rm -f "$order"' EXIT
+objs=()
+for a in "$@"; do
+  case $a in *.o) [ -f "$a" ] && objs+=("$a") ;; esac
+done
+{ [ ${#objs[@]} -eq 0 ] || nm --defined-only "${objs[@]}" 2>/dev/null; } |
+  awk -v list="$list" '
+    NF >= 3 { have[$3] = 1; k = $3; sub(/17h[0-9a-f]+E$/, "", k); if (k != $3) alias[k] = alias[k] " " $3 }
+    END {
+      while ((getline s <list) > 0) {
+        if (s in have || !(s ~ /17h[0-9a-f]+E$/)) { print s; continue }
+        k = s; sub(/17h[0-9a-f]+E$/, "", k); n = split(alias[k], a, " ")
+        for (i = 1; i <= n; i++) print a[i]
+      }
+    }' >"$order"
+cc "$@" -Wl,--symbol-ordering-file="$order" -Wl,--no-warn-symbol-ordering
