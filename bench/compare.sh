@@ -46,6 +46,7 @@ say() { echo "[compare] $*" >&2; }
 say "building release binaries"
 cargo build --release --workspace --quiet
 cargo build --release --quiet -p cni-host-local --example bench
+cargo build --release --quiet -p common --example kernel_floor
 DYN=$PWD/target/release
 STATIC=""
 if out=$(scripts/build-static.sh --quiet 2>"$W/static.err"); then
@@ -266,6 +267,35 @@ res_md=$(
   fi
 )
 
+# ------------------------------------------------------------------ kernel floor
+say "kernel floor: the kernel work of one DEL alone (common/examples/kernel_floor.rs)"
+FLOOR_NS=cnirs-floor-$$
+floor_md=""
+if ip netns add "$FLOOR_NS" 2>/dev/null; then
+  floor_out=$(ip netns exec "$FLOOR_NS" target/release/examples/kernel_floor 21 2>&1) || true
+  ip netns del "$FLOOR_NS" 2>/dev/null || true
+  floor=$(echo "$floor_out" | awk '/^DEL floor/ {print $3}')
+  ref_del=""
+  [ -f "$W/seq-ref" ] && ref_del=$(json "$W/seq-ref" del_median_ms)
+  floor_md=$(
+    echo "### The kernel's share: the floor of DEL"
+    echo
+    echo "The kernel work behind one container's DEL, timed in one process with no process"
+    echo "start-up (\`common/examples/kernel_floor.rs\`, medians of 21): removing a network device"
+    echo "waits for an RCU grace period (\`rcu_barrier\` in \`netdev_run_todo\`), and so does"
+    echo "closing an nf_tables socket after a transaction that deleted set elements (the kernel"
+    echo "flushes its destroy work). The chain's DEL removes a veth (bridge), an ifb (bandwidth)"
+    echo "and set elements in two more processes (portmap, firewall; bridge's overlap its veth)."
+    echo
+    echo '```text'
+    echo "$floor_out"
+    echo '```'
+    echo
+    echo "Against the reference's sequential DEL median above ($(fmt_ms "$ref_del")), that floor alone"
+    echo "is a ratio of $(ratio "$floor" "$ref_del")."
+  )
+fi
+
 {
   echo "## cni-rs against the reference plugins, $DATE"
   echo
@@ -275,6 +305,8 @@ res_md=$(
   echo "$machine"
   echo
   echo "$chain_md"
+  echo
+  echo "$floor_md"
   echo
   echo "$hl_md"
   echo
