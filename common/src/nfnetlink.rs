@@ -18,6 +18,8 @@ pub(crate) const NLM_F_ACK: u16 = 0x4;
 pub(crate) const NLM_F_EXCL: u16 = 0x200;
 pub(crate) const NLM_F_CREATE: u16 = 0x400;
 pub(crate) const NLM_F_DUMP: u16 = 0x300;
+/// Set on the messages of a dump during which the dumped objects changed.
+pub(crate) const NLM_F_DUMP_INTR: u16 = 0x10;
 pub(crate) const NLA_F_NESTED: u16 = 0x8000;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
@@ -107,6 +109,7 @@ pub(crate) fn as_str(v: &[u8]) -> Option<&str> {
 #[derive(Debug)]
 pub(crate) struct Reply<'a> {
     pub msg_type: u16,
+    pub flags: u16,
     pub seq: u32,
     pub body: &'a [u8],
 }
@@ -115,6 +118,19 @@ impl Reply<'_> {
     /// For `NLMSG_ERROR`: the errno (positive), 0 for an acknowledgement.
     pub fn errno(&self) -> Option<i32> {
         (self.msg_type == NLMSG_ERROR).then(|| {
+            let code = self
+                .body
+                .get(0..4)
+                .and_then(|b| b.try_into().ok())
+                .map(i32::from_ne_bytes)
+                .unwrap_or(0);
+            -code
+        })
+    }
+
+    /// For `NLMSG_DONE`: the errno (positive) that ended the dump, 0 when it completed.
+    pub fn done_errno(&self) -> Option<i32> {
+        (self.msg_type == NLMSG_DONE).then(|| {
             let code = self
                 .body
                 .get(0..4)
@@ -143,6 +159,12 @@ pub(crate) fn replies(buf: &[u8]) -> Result<Vec<Reply<'_>>> {
                 .map(u32::from_ne_bytes)
                 .unwrap_or(0)
         };
+        let field16 = |at: usize| {
+            msg.get(at..at + 2)
+                .and_then(|b| b.try_into().ok())
+                .map(u16::from_ne_bytes)
+                .unwrap_or(0)
+        };
         let len = field32(0) as usize;
         if len < NLMSG_HDRLEN || len > msg.len() {
             return Err(Error::internal(format!(
@@ -150,7 +172,8 @@ pub(crate) fn replies(buf: &[u8]) -> Result<Vec<Reply<'_>>> {
             )));
         }
         out.push(Reply {
-            msg_type: (field32(4) & 0xffff) as u16,
+            msg_type: field16(4),
+            flags: field16(6),
             seq: field32(8),
             body: msg.get(NLMSG_HDRLEN..len).unwrap_or(&[]),
         });

@@ -31,7 +31,7 @@
 use crate::error::{Error, Result};
 use crate::spec::config::Attachment;
 use serde_json::{Value, json};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -311,6 +311,11 @@ impl ElementChange {
     /// replaced (else it must not exist, and the transaction fails with EEXIST if it does).
     /// `None` when a key is of a kind only nft encodes.
     fn messages(&self, replace: bool) -> Option<Vec<netlink::ElementMsg>> {
+        // A netlink attribute holds at most 64 KiB: a set of more keys than that fits goes
+        // through nft, which splits it.
+        if self.keys.len() > MAX_NETLINK_KEYS {
+            return None;
+        }
         let mut bare = Vec::new();
         let mut owned = Vec::new();
         for k in &self.keys {
@@ -352,6 +357,20 @@ impl ElementChange {
     }
 }
 
+/// The family of this name.
+fn family_named(name: &str) -> Option<Family> {
+    [
+        Family::Inet,
+        Family::Ip,
+        Family::Ip6,
+        Family::Bridge,
+        Family::Arp,
+        Family::Netdev,
+    ]
+    .into_iter()
+    .find(|f| f.as_str() == name)
+}
+
 /// The table a setup command is about: `(family, table name)`.
 fn command_table(cmd: &Value) -> Option<(String, String)> {
     let (_, obj) = cmd.as_object()?.iter().next()?;
@@ -382,6 +401,9 @@ pub struct Batch {
     other: Vec<Value>,
     elements: Vec<ElementChange>,
 }
+
+/// The most keys one element change sends over netlink (see [`ElementChange::messages`]).
+const MAX_NETLINK_KEYS: usize = 128;
 
 /// The name of the marker map; see [`Batch`].
 pub const SETUP_MARKER: &str = "cnirs_setup";
@@ -557,6 +579,62 @@ impl Batch {
             .collect()
     }
 
+    /// The rules each chain this batch rewrites (flushes, then fills) must hold in `table`.
+    fn expected_rule_counts(&self, family: &str, table: &str) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for cmd in &self.setup {
+            let flushed = cmd.pointer("/flush/chain");
+            let rule = cmd.pointer("/add/rule");
+            let (Some(body), is_rule) = (flushed.or(rule), rule.is_some()) else {
+                continue;
+            };
+            let field = |k: &str| body.get(k).and_then(Value::as_str);
+            let chain = if is_rule {
+                field("chain")
+            } else {
+                field("name")
+            };
+            if field("family") != Some(family) || field("table") != Some(table) {
+                continue;
+            }
+            let Some(chain) = chain else { continue };
+            let n = counts.entry(chain.to_string()).or_insert(0);
+            if is_rule {
+                *n += 1;
+            }
+        }
+        counts
+    }
+
+    /// Kernel: true when every chain this batch rewrites holds as many rules as the batch
+    /// gives it (a dump of each marked table's rules, no `nft`). Catches what the marker
+    /// cannot: chains flushed or deleted, rules deleted or added, by hand or by a tool.
+    fn rules_in_place_in_kernel(&self) -> bool {
+        for ((family, table), _) in self.markers() {
+            let Some(fam) = family_named(&family) else {
+                return false;
+            };
+            let counts = match netlink::rule_counts_in_kernel(fam, &table) {
+                Ok(Some(c)) => c,
+                Ok(None) => return false,
+                Err(e) => {
+                    log::debug!("reading the rules of {family} {table}: {e}");
+                    return false;
+                }
+            };
+            for (chain, want) in self.expected_rule_counts(&family, &table) {
+                let have = counts.get(&chain).copied().unwrap_or(0);
+                if have != want {
+                    log::debug!(
+                        "{family} {table} {chain}: {have} rules, {want} expected: rewriting"
+                    );
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
     /// The element changes as netlink messages, behind the marker of every table whose
     /// ruleset the batch writes (a missing marker fails the transaction with ENOENT).
     /// `None` when the batch holds something only `nft` does.
@@ -566,10 +644,7 @@ impl Batch {
         }
         let mut msgs = Vec::new();
         for ((family, table), hash) in self.markers() {
-            let family = [Family::Inet, Family::Ip, Family::Ip6, Family::Bridge]
-                .into_iter()
-                .chain([Family::Arp, Family::Netdev])
-                .find(|f| f.as_str() == family)?;
+            let family = family_named(&family)?;
             msgs.push(netlink::ElementMsg {
                 family,
                 table,
@@ -903,8 +978,9 @@ pub fn apply_to_kernel(batch: &Batch) -> Result<()> {
     }
     // First try: own elements must be new (the usual case), so nothing is deleted; a
     // deleting transaction costs an RCU grace period when the socket closes.
+    let fast = batch.netlink_messages(false).is_some() && batch.rules_in_place_in_kernel();
     for replace in [false, true] {
-        let Some(msgs) = batch.netlink_messages(replace) else {
+        let Some(msgs) = batch.netlink_messages(replace).filter(|_| fast) else {
             break;
         };
         let markers = batch.markers().len();
@@ -957,7 +1033,12 @@ pub fn forget_setup_in_kernel(tables: &[TableRef<'_>]) {
             msg(netlink::ElementCmd::Delete),
             msg(netlink::ElementCmd::Add),
         ];
-        match netlink::transact_in_kernel(&msgs) {
+        let mut res = netlink::transact_in_kernel(&msgs);
+        if matches!(res, Ok(netlink::Outcome::Refused(e, Some(0))) if e == libc::ENOENT) {
+            // No element to replace (an emptied map): add it.
+            res = netlink::transact_in_kernel(&msgs[1..]);
+        }
+        match res {
             Ok(netlink::Outcome::Committed) => {
                 log::info!("table {t}: the next ADD writes its chains and rules again");
             }

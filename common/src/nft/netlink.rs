@@ -13,8 +13,8 @@
 use super::Family;
 use crate::error::{Error, Result};
 use crate::nfnetlink::{
-    self, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLMSG_DONE, NLMSG_ERROR, NfSocket, find,
-    put_attr, put_nested, put_str,
+    self, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLMSG_ERROR, NfSocket,
+    find, put_attr, put_nested, put_str,
 };
 use serde_json::Value;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -337,34 +337,27 @@ pub(crate) fn transact_in_kernel(msgs: &[ElementMsg]) -> Result<Outcome> {
         &[],
     );
     nl.send(&out, op)?;
-    // The kernel ran the batch inside that send: the answers (an ack per message, or the
-    // errors) are queued. Read until the last message's answer or an error, then drain.
+    // The kernel ran the batch inside that send (nfnetlink processes it in the sender's
+    // context): every answer, an ack per message or the errors, is queued already. So read
+    // without waiting; no answer for the last message means something unexpected, reported
+    // as an error (the caller then uses nft), never a wait.
     let mut first_error = None;
-    let mut done = false;
-    while !done {
-        let n = nl.recv(op)?;
-        for r in nfnetlink::replies(nl.buf.get(..n).unwrap_or(&[]))? {
-            if r.msg_type != NLMSG_ERROR || r.seq < begin || r.seq > end {
-                continue;
-            }
-            let errno = r.errno().unwrap_or(0);
-            if errno != 0 {
-                first_error.get_or_insert((errno, r.seq));
-                done = true;
-            }
-            if r.seq == last {
-                done = true;
-            }
-        }
-    }
+    let mut last_answered = false;
     while let Some(n) = nl.try_recv(op)? {
         for r in nfnetlink::replies(nl.buf.get(..n).unwrap_or(&[]))? {
-            if r.msg_type == NLMSG_ERROR && (begin..=end).contains(&r.seq) {
-                if let Some(errno) = r.errno().filter(|e| *e != 0) {
-                    first_error.get_or_insert((errno, r.seq));
-                }
+            if r.msg_type != NLMSG_ERROR || !(begin..=end).contains(&r.seq) {
+                continue;
             }
+            if let Some(errno) = r.errno().filter(|e| *e != 0) {
+                first_error.get_or_insert((errno, r.seq));
+            }
+            last_answered |= r.seq == last;
         }
+    }
+    if first_error.is_none() && !last_answered {
+        return Err(Error::internal(
+            "nftables transaction: the kernel did not answer the batch",
+        ));
     }
     let outcome = match first_error {
         // Messages were numbered begin + 1, begin + 2, ...
@@ -479,43 +472,91 @@ pub fn chain_rules_in_kernel(
         return Ok(None);
     }
 
-    let mut req = Vec::new();
-    let mut a = Vec::new();
-    put_str(&mut a, NFTA_RULE_TABLE, table);
-    put_str(&mut a, NFTA_RULE_CHAIN, chain);
-    let seq = nl.next_seq();
-    nfnetlink::put_message(
-        &mut req,
-        SUBSYS_NFTABLES << 8 | NFT_MSG_GETRULE,
-        NLM_F_DUMP,
-        seq,
-        nfproto(family),
-        0,
-        &a,
-    );
-    nl.send(&req, "dump rules")?;
-    let mut rules = Vec::new();
-    loop {
-        let n = nl.recv("dump rules")?;
-        for r in nfnetlink::replies(nl.buf.get(..n).unwrap_or(&[]))? {
-            if r.seq != seq {
-                continue;
-            }
-            match r.msg_type {
-                NLMSG_DONE => return Ok(Some(rules)),
-                NLMSG_ERROR => match r.errno() {
-                    Some(0) => return Ok(Some(rules)),
-                    Some(e) if e == libc::ENOENT => return Ok(None),
-                    Some(e) => return Err(Error::netlink(format!("listing {what}"), e)),
-                    None => {}
-                },
-                t if t == SUBSYS_NFTABLES << 8 | NFT_MSG_NEWRULE => {
-                    rules.push(KernelRule::parse(r.attrs()));
+    Ok(dump_rules(&mut nl, family, table, Some(chain))?
+        .map(|rules| rules.into_iter().map(|(_, r)| r).collect()))
+}
+
+/// Kernel: how many rules each chain of `family`/`table` holds (chains without rules are
+/// absent). A missing table has none (or is `None`, when the kernel answers ENOENT).
+pub fn rule_counts_in_kernel(
+    family: Family,
+    table: &str,
+) -> Result<Option<std::collections::BTreeMap<String, usize>>> {
+    let mut nl = NfSocket::open("nftables")?;
+    Ok(dump_rules(&mut nl, family, table, None)?.map(|rules| {
+        let mut counts = std::collections::BTreeMap::new();
+        for (chain, _) in rules {
+            *counts.entry(chain).or_insert(0) += 1;
+        }
+        counts
+    }))
+}
+
+/// Dumps the rules of a table (or of one of its chains), each with its chain's name; `None`
+/// when they do not exist. A dump the kernel marks as interrupted (the rules changed while
+/// it ran) is started again, a few times at most.
+fn dump_rules(
+    nl: &mut NfSocket,
+    family: Family,
+    table: &str,
+    chain: Option<&str>,
+) -> Result<Option<Vec<(String, KernelRule)>>> {
+    let what = format!("{family} {table} {}", chain.unwrap_or(""));
+    for _ in 0..3 {
+        let mut req = Vec::new();
+        let mut a = Vec::new();
+        put_str(&mut a, NFTA_RULE_TABLE, table);
+        if let Some(c) = chain {
+            put_str(&mut a, NFTA_RULE_CHAIN, c);
+        }
+        let seq = nl.next_seq();
+        nfnetlink::put_message(
+            &mut req,
+            SUBSYS_NFTABLES << 8 | NFT_MSG_GETRULE,
+            NLM_F_DUMP,
+            seq,
+            nfproto(family),
+            0,
+            &a,
+        );
+        nl.send(&req, "dump rules")?;
+        let mut rules = Vec::new();
+        let mut interrupted = false;
+        let end = loop {
+            let n = nl.recv("dump rules")?;
+            let mut end = None;
+            for r in nfnetlink::replies(nl.buf.get(..n).unwrap_or(&[]))? {
+                if r.seq != seq {
+                    continue;
                 }
-                _ => {}
+                interrupted |= r.flags & NLM_F_DUMP_INTR != 0;
+                match (r.msg_type, r.errno(), r.done_errno()) {
+                    (_, Some(e), _) | (_, _, Some(e)) => end = Some(e),
+                    (t, None, None) if t == SUBSYS_NFTABLES << 8 | NFT_MSG_NEWRULE => {
+                        let attrs = r.attrs();
+                        let chain_name = find(attrs, NFTA_RULE_CHAIN)
+                            .and_then(nfnetlink::as_str)
+                            .unwrap_or("")
+                            .to_string();
+                        rules.push((chain_name, KernelRule::parse(attrs)));
+                    }
+                    _ => {}
+                }
             }
+            if let Some(e) = end {
+                break e;
+            }
+        };
+        match end {
+            0 if interrupted => continue,
+            0 => return Ok(Some(rules)),
+            e if e == libc::ENOENT => return Ok(None),
+            e => return Err(Error::netlink(format!("listing {what}"), e)),
         }
     }
+    Err(Error::internal(format!(
+        "listing {what}: the rules kept changing during the dump"
+    )))
 }
 
 #[cfg(test)]
@@ -776,12 +817,15 @@ mod tests {
             assert!(l.has_element(s.name, &k, "n/c3/eth0"), "{} {k:?}", s.name);
         }
 
-        // Other rules: the marker refuses the element transaction, nft rewrites the rules.
+        // Other rules: the marker refuses the element transaction (EEXIST; EBUSY on older
+        // kernels), nft rewrites the rules.
         let changed = batch(json!({"drop": null}), 4, "n/c4/eth0");
-        assert_eq!(
-            ns.run(|| transact_in_kernel(&changed.netlink_messages(false).unwrap()))
-                .unwrap(),
-            Outcome::Refused(libc::EEXIST, Some(0))
+        let refused = ns
+            .run(|| transact_in_kernel(&changed.netlink_messages(false).unwrap()))
+            .unwrap();
+        assert!(
+            matches!(refused, Outcome::Refused(e, Some(0)) if e == libc::EEXIST || e == libc::EBUSY),
+            "{refused:?}"
         );
         ns.run(|| apply_to_kernel(&changed)).unwrap();
         assert_eq!(
@@ -805,17 +849,71 @@ mod tests {
             assert!(l.has_element(s.name, &k, "n/c1/eth0"), "{} {k:?}", s.name);
         }
 
-        // CHECK's repair hook: after forgetting, the next ADD rewrites the rules.
-        let out = ns.run(|| {
+        // Rules removed behind our back: ADD counts them (a dump, no nft) and rewrites them.
+        let nft_cmd = |args: &[&str]| {
+            let out = ns.run(|| {
+                std::process::Command::new("nft")
+                    .args(args)
+                    .output()
+                    .unwrap()
+            });
+            assert!(out.status.success(), "nft {args:?}: {out:?}");
+        };
+        assert_eq!(
+            ns.run(|| rule_counts_in_kernel(Family::Inet, T.name))
+                .unwrap()
+                .unwrap()
+                .get("c"),
+            Some(&1)
+        );
+        for damage in [
+            vec!["flush", "chain", "inet", T.name, "c"],
+            vec!["flush", "table", "inet", T.name],
+            vec!["add", "rule", "inet", T.name, "c", "counter"],
+        ] {
+            nft_cmd(&damage);
+            ns.run(|| apply_to_kernel(&changed)).unwrap();
+            assert_eq!(
+                listed(&ns).chain("c").unwrap().rules,
+                vec![vec![json!({"drop": null})]],
+                "after {damage:?}"
+            );
+        }
+        // A missing table: no rules (the kernel may also say ENOENT).
+        assert!(
+            ns.run(|| rule_counts_in_kernel(Family::Inet, "nosuchtable"))
+                .unwrap()
+                .is_none_or(|c| c.is_empty())
+        );
+
+        // CHECK's repair hook: after forgetting (even from an emptied marker map), the next
+        // ADD writes the rules again through nft.
+        nft_cmd(&["flush", "map", "inet", T.name, SETUP_MARKER]);
+        ns.run(|| nft::forget_setup_in_kernel(&[T]));
+        let marker = ns.run(|| {
             std::process::Command::new("nft")
-                .args(["flush", "chain", "inet", T.name, "c"])
+                .args(["list", "map", "inet", T.name, SETUP_MARKER])
                 .output()
                 .unwrap()
         });
-        assert!(out.status.success());
-        ns.run(|| nft::forget_setup_in_kernel(&[T]));
+        assert!(
+            String::from_utf8_lossy(&marker.stdout).contains("0x00000000 : 0x00000000"),
+            "{marker:?}"
+        );
         ns.run(|| apply_to_kernel(&changed)).unwrap();
-        assert_eq!(listed(&ns).chain("c").unwrap().rules.len(), 1);
+        assert!(
+            !String::from_utf8_lossy(
+                &ns.run(|| {
+                    std::process::Command::new("nft")
+                        .args(["list", "map", "inet", T.name, SETUP_MARKER])
+                        .output()
+                        .unwrap()
+                })
+                .stdout
+            )
+            .contains("0x00000000 : 0x00000000"),
+            "the marker holds the rules' hash again"
+        );
     }
 
     #[test]
