@@ -11,12 +11,15 @@
 #      through a timing shim for each plugin's own ADD/DEL time within the chain; then a
 #      short run (10 containers) with every plugin under `/usr/bin/time -f %M` for its peak
 #      resident memory: the largest of any call, the first container's ADD (the first ADD of
-#      a network creates its tables) and the median over the containers. The chain runs are ../shared/bench/chain-bench.sh (beside the
-#      repository, as in CI; CHAIN_BENCH=path overrides); without it those sections are
-#      skipped and the table says so.
-#   2. host-local ADD/DEL with 10, 1,000, 10,000 and 50,000 existing allocations
+#      a network creates its tables) and the median over the containers. The chain runs are
+#      ../shared/bench/chain-bench.sh (beside the repository, as in CI; CHAIN_BENCH=path
+#      overrides); without it those sections are skipped and the table says so.
+#   2. the kernel's floor of DEL: the kernel work of one container's DEL (veth, ifb and nft
+#      element deletes) timed alone in one process, in a throwaway namespace
+#      (common/examples/kernel_floor.rs), and its ratio to the reference's DEL.
+#   3. host-local ADD/DEL with 10, 1,000, 10,000 and 50,000 existing allocations
 #      (plugins/host-local/examples/bench.rs, HL_RUNS calls per figure, default 21).
-#   3. the size of each plugin binary (target/release, the static build, the reference).
+#   4. the size of each plugin binary (target/release, the static build, the reference).
 #
 # "Ours" are the binaries this project ships: the static build of scripts/build-static.sh
 # (built here first); where it cannot be built (no static C library) target/release instead.
