@@ -171,6 +171,14 @@ impl Drop for TestNs {
         drop(self.stop.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+            // join returns when the thread has cleared its tid, a moment before the kernel
+            // releases the task (and with it the namespace, unless something else holds it):
+            // wait for /proc to say so, so that a test finds the namespace gone after drop.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while std::path::Path::new(&self.path).exists() && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
         }
     }
 }
