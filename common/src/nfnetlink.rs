@@ -115,22 +115,10 @@ pub(crate) struct Reply<'a> {
 }
 
 impl Reply<'_> {
-    /// For `NLMSG_ERROR`: the errno (positive), 0 for an acknowledgement.
+    /// For `NLMSG_ERROR` and `NLMSG_DONE`: the errno (positive), 0 for an acknowledgement
+    /// or a dump that completed.
     pub fn errno(&self) -> Option<i32> {
-        (self.msg_type == NLMSG_ERROR).then(|| {
-            let code = self
-                .body
-                .get(0..4)
-                .and_then(|b| b.try_into().ok())
-                .map(i32::from_ne_bytes)
-                .unwrap_or(0);
-            -code
-        })
-    }
-
-    /// For `NLMSG_DONE`: the errno (positive) that ended the dump, 0 when it completed.
-    pub fn done_errno(&self) -> Option<i32> {
-        (self.msg_type == NLMSG_DONE).then(|| {
+        (self.msg_type == NLMSG_ERROR || self.msg_type == NLMSG_DONE).then(|| {
             let code = self
                 .body
                 .get(0..4)
@@ -231,19 +219,13 @@ impl NfSocket {
 
     /// Reads one datagram whole into `self.buf`; returns its length.
     pub fn recv(&mut self, op: &str) -> Result<usize> {
-        crate::netlink::recv_whole(&self.sock, &mut self.buf).map_err(|e| io_err(self.what, op, e))
+        crate::netlink::recv_whole(&self.sock, &mut self.buf, 0)
+            .map_err(|e| io_err(self.what, op, e))
     }
 
     /// Like [`NfSocket::recv`], but `None` at once when nothing is queued.
     pub fn try_recv(&mut self, op: &str) -> Result<Option<usize>> {
-        self.sock
-            .set_non_blocking(true)
-            .map_err(|e| io_err(self.what, op, e))?;
-        let res = crate::netlink::recv_whole(&self.sock, &mut self.buf);
-        self.sock
-            .set_non_blocking(false)
-            .map_err(|e| io_err(self.what, op, e))?;
-        match res {
+        match crate::netlink::recv_whole(&self.sock, &mut self.buf, libc::MSG_DONTWAIT) {
             Ok(n) => Ok(Some(n)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(io_err(self.what, op, e)),

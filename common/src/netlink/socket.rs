@@ -28,16 +28,15 @@ const NLMSGERR_ATTR_MSG: u16 = 1;
 /// How many times a dump that the kernel flagged `NLM_F_DUMP_INTR` is tried.
 const DUMP_ATTEMPTS: usize = 3;
 
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
+use crate::nfnetlink::align4;
 
 /// Reads one datagram whole into `buf` (peeking its size first, so a reply larger than the
 /// buffer is not truncated) and returns its length. Shared by every netlink family we speak.
-pub(crate) fn recv_whole(sock: &Socket, buf: &mut Vec<u8>) -> io::Result<usize> {
+/// `flags`: 0, or `MSG_DONTWAIT` to get `WouldBlock` at once when nothing is queued.
+pub(crate) fn recv_whole(sock: &Socket, buf: &mut Vec<u8>, flags: i32) -> io::Result<usize> {
     loop {
         buf.clear();
-        let peeked = match sock.recv(buf, libc::MSG_PEEK | libc::MSG_TRUNC) {
+        let peeked = match sock.recv(buf, libc::MSG_PEEK | libc::MSG_TRUNC | flags) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
@@ -181,7 +180,7 @@ impl NlSocket {
         if self.buf.capacity() < RECV_BUF {
             self.buf.reserve(RECV_BUF);
         }
-        recv_whole(&self.sock, &mut self.buf).map_err(|e| io_err(op, e))
+        recv_whole(&self.sock, &mut self.buf, 0).map_err(|e| io_err(op, e))
     }
 
     /// Sends a request and collects what it expects back. The bool is true when a dump was

@@ -29,6 +29,7 @@
 //! removing one removes it for both.
 
 use crate::error::{Error, Result};
+use crate::nfnetlink::NfSocket;
 use crate::spec::config::Attachment;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
@@ -384,6 +385,14 @@ fn command_table(cmd: &Value) -> Option<(String, String)> {
     Some((family, name?.as_str()?.to_string()))
 }
 
+/// A table whose chains and rules a batch writes, and the hash of those (see [`Batch`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Marker {
+    family: Family,
+    table: String,
+    hash: u32,
+}
+
 /// One transaction: the fixed ruleset (tables, sets, chains, rules), then per-attachment
 /// element changes, applied all or nothing by [`apply_to_kernel`].
 ///
@@ -545,7 +554,7 @@ impl Batch {
     }
 
     /// The tables whose chains or rules this batch writes, each with the hash of those.
-    fn markers(&self) -> Vec<((String, String), u32)> {
+    fn markers(&self) -> Vec<Marker> {
         // Chains and rules: what the marker vouches for. (Sets are created by every batch
         // that uses them, so they need no marker.)
         let writes_rules = |cmd: &Value| {
@@ -564,7 +573,7 @@ impl Batch {
         }
         tables
             .into_iter()
-            .map(|t| {
+            .filter_map(|t| {
                 let text: Vec<String> = self
                     .setup
                     .iter()
@@ -573,8 +582,12 @@ impl Batch {
                     .collect();
                 let refs: Vec<&str> = text.iter().map(String::as_str).collect();
                 let h = fnv1a64(&refs);
-                // 0 is what forget_setup_in_kernel writes.
-                (t, ((h ^ (h >> 32)) as u32).max(1))
+                Some(Marker {
+                    family: family_named(&t.0)?,
+                    table: t.1,
+                    // 0 is what forget_setup_in_kernel writes.
+                    hash: ((h ^ (h >> 32)) as u32).max(1),
+                })
             })
             .collect()
     }
@@ -607,70 +620,66 @@ impl Batch {
     }
 
     /// Kernel: true when every chain this batch rewrites holds as many rules as the batch
-    /// gives it (a dump of each marked table's rules, no `nft`). Catches what the marker
-    /// cannot: chains flushed or deleted, rules deleted or added, by hand or by a tool.
-    fn rules_in_place_in_kernel(&self) -> bool {
-        for ((family, table), _) in self.markers() {
-            let Some(fam) = family_named(&family) else {
-                return false;
+    /// gives it (a dump of each marked table's rules on `nl`, no `nft`). Catches what the
+    /// marker cannot: chains flushed or deleted, rules deleted or added, by hand or by a tool.
+    fn rules_in_place_in_kernel(&self, nl: &mut NfSocket, markers: &[Marker]) -> Result<bool> {
+        for m in markers {
+            let (family, table) = (m.family.as_str(), m.table.as_str());
+            let Some(counts) = netlink::rule_counts(nl, m.family, table)? else {
+                return Ok(false);
             };
-            let counts = match netlink::rule_counts_in_kernel(fam, &table) {
-                Ok(Some(c)) => c,
-                Ok(None) => return false,
-                Err(e) => {
-                    log::debug!("reading the rules of {family} {table}: {e}");
-                    return false;
-                }
-            };
-            for (chain, want) in self.expected_rule_counts(&family, &table) {
+            for (chain, want) in self.expected_rule_counts(family, table) {
                 let have = counts.get(&chain).copied().unwrap_or(0);
                 if have != want {
                     log::debug!(
                         "{family} {table} {chain}: {have} rules, {want} expected: rewriting"
                     );
-                    return false;
+                    return Ok(false);
                 }
             }
         }
-        true
+        Ok(true)
     }
 
     /// The element changes as netlink messages, behind the marker of every table whose
     /// ruleset the batch writes (a missing marker fails the transaction with ENOENT).
     /// `None` when the batch holds something only `nft` does.
-    fn netlink_messages(&self, replace: bool) -> Option<Vec<netlink::ElementMsg>> {
+    fn netlink_messages(
+        &self,
+        markers: &[Marker],
+        replace: bool,
+    ) -> Option<Vec<netlink::ElementMsg>> {
         if !self.other.is_empty() || self.elements.is_empty() {
             return None;
         }
-        let mut msgs = Vec::new();
-        for ((family, table), hash) in self.markers() {
-            let family = family_named(&family)?;
-            msgs.push(netlink::ElementMsg {
-                family,
-                table,
-                set: SETUP_MARKER.to_string(),
-                cmd: netlink::ElementCmd::Add,
-                elements: vec![netlink::Element {
-                    key: netlink::EncodedKey {
-                        start: 0u32.to_ne_bytes().to_vec(),
-                        end: None,
-                    },
-                    data: Some(hash.to_ne_bytes().to_vec()),
-                    comment: None,
-                }],
-            });
-        }
+        let mut msgs: Vec<netlink::ElementMsg> = markers
+            .iter()
+            .map(|m| {
+                netlink::ElementMsg::marker(m.family, &m.table, netlink::ElementCmd::Add, m.hash)
+            })
+            .collect();
         for e in &self.elements {
             msgs.extend(e.messages(replace)?);
         }
         Some(msgs)
     }
 
+    /// [`Batch::netlink_messages`] with this batch's own markers.
+    #[cfg(test)]
+    fn messages_for_test(&self, replace: bool) -> Option<Vec<netlink::ElementMsg>> {
+        self.netlink_messages(&self.markers(), replace)
+    }
+
     /// The whole batch as nft takes it on stdin (with the marker sets).
     pub fn to_json(&self) -> Value {
         let mut cmds = self.setup.clone();
-        for ((family, table), hash) in self.markers() {
-            let map = json!({"family": family, "table": table, "name": SETUP_MARKER});
+        for Marker {
+            family,
+            table,
+            hash,
+        } in self.markers()
+        {
+            let map = json!({"family": family.as_str(), "table": table, "name": SETUP_MARKER});
             let mut def = map.clone();
             if let Some(o) = def.as_object_mut() {
                 o.insert("type".into(), "mark".into());
@@ -976,36 +985,50 @@ pub fn apply_to_kernel(batch: &Batch) -> Result<()> {
     if batch.is_empty() {
         return Ok(());
     }
-    // First try: own elements must be new (the usual case), so nothing is deleted; a
-    // deleting transaction costs an RCU grace period when the socket closes.
-    let fast = batch.netlink_messages(false).is_some() && batch.rules_in_place_in_kernel();
-    for replace in [false, true] {
-        let Some(msgs) = batch.netlink_messages(replace).filter(|_| fast) else {
-            break;
-        };
-        let markers = batch.markers().len();
-        match netlink::transact_in_kernel(&msgs) {
-            Ok(netlink::Outcome::Committed) => return Ok(()),
-            // One of our own elements exists already (not a marker): replace it.
-            Ok(netlink::Outcome::Refused(errno, Some(i)))
-                if errno == libc::EEXIST && i >= markers && !replace =>
-            {
-                log::debug!("an element exists already: replacing it");
-            }
-            Ok(netlink::Outcome::Refused(errno, _)) => {
-                log::debug!(
-                    "nf_tables refused the element transaction ({}): the whole batch through nft",
-                    std::io::Error::from_raw_os_error(errno)
-                );
-                break;
-            }
-            Err(e) => {
-                log::debug!("nf_tables over netlink: {e}; the whole batch through nft");
-                break;
-            }
-        }
+    match apply_over_netlink(batch) {
+        Ok(true) => return Ok(()),
+        Ok(false) => {}
+        Err(e) => log::debug!("nf_tables over netlink: {e}; the whole batch through nft"),
     }
     apply_with_nft(batch)
+}
+
+/// Kernel: the batch's element changes as one nf_tables transaction over one socket, when
+/// its rules are in place; `false` when the batch must go through `nft` (nothing changed).
+fn apply_over_netlink(batch: &Batch) -> Result<bool> {
+    let markers = batch.markers();
+    // First try: own elements must be new (the usual case), so nothing is deleted; a
+    // deleting transaction costs an RCU grace period when the socket closes.
+    let Some(msgs) = batch.netlink_messages(&markers, false) else {
+        return Ok(false);
+    };
+    let mut nl = NfSocket::open("nftables")?;
+    if !batch.rules_in_place_in_kernel(&mut nl, &markers)? {
+        return Ok(false);
+    }
+    let mut outcome = netlink::transact(&mut nl, &msgs)?;
+    let mut sent = msgs;
+    // One of our own elements exists already (not a marker): replace it.
+    if matches!(outcome, netlink::Outcome::Refused(e, Some(i)) if e == libc::EEXIST && i >= markers.len())
+    {
+        log::debug!("an element exists already: replacing it");
+        let Some(msgs) = batch.netlink_messages(&markers, true) else {
+            return Ok(false);
+        };
+        outcome = netlink::transact(&mut nl, &msgs)?;
+        sent = msgs;
+    }
+    netlink::release(nl, &sent, outcome);
+    match outcome {
+        netlink::Outcome::Committed => Ok(true),
+        netlink::Outcome::Refused(errno, _) => {
+            log::debug!(
+                "nf_tables refused the element transaction ({}): the whole batch through nft",
+                std::io::Error::from_raw_os_error(errno)
+            );
+            Ok(false)
+        }
+    }
 }
 
 /// Kernel: forgets the version of these tables' rules that [`Batch`] recorded, so the next
@@ -1015,29 +1038,22 @@ pub fn forget_setup_in_kernel(tables: &[TableRef<'_>]) {
     for t in tables {
         // `0 : 0`, which no batch's hash matches (an absent element would be added back by
         // the next ADD and trusted).
-        let msg = |cmd| netlink::ElementMsg {
-            family: t.family,
-            table: t.name.to_string(),
-            set: SETUP_MARKER.to_string(),
-            cmd,
-            elements: vec![netlink::Element {
-                key: netlink::EncodedKey {
-                    start: 0u32.to_ne_bytes().to_vec(),
-                    end: None,
-                },
-                data: Some(0u32.to_ne_bytes().to_vec()),
-                comment: None,
-            }],
-        };
+        let msg = |cmd| netlink::ElementMsg::marker(t.family, t.name, cmd, 0);
         let msgs = [
             msg(netlink::ElementCmd::Delete),
             msg(netlink::ElementCmd::Add),
         ];
-        let mut res = netlink::transact_in_kernel(&msgs);
-        if matches!(res, Ok(netlink::Outcome::Refused(e, Some(0))) if e == libc::ENOENT) {
-            // No element to replace (an emptied map): add it.
-            res = netlink::transact_in_kernel(&msgs[1..]);
-        }
+        let res = NfSocket::open("nftables").and_then(|mut nl| {
+            let mut sent = &msgs[..];
+            let mut res = netlink::transact(&mut nl, sent)?;
+            if matches!(res, netlink::Outcome::Refused(e, Some(0)) if e == libc::ENOENT) {
+                // No element to replace (an emptied map): add it.
+                sent = &msgs[1..];
+                res = netlink::transact(&mut nl, sent)?;
+            }
+            netlink::release(nl, sent, res);
+            Ok(res)
+        });
         match res {
             Ok(netlink::Outcome::Committed) => {
                 log::info!("table {t}: the next ADD writes its chains and rules again");
@@ -1180,7 +1196,7 @@ mod tests {
             ]})
         );
         // Over netlink: the own element must be new, then the delete (added first).
-        let msgs = b.netlink_messages(false).unwrap();
+        let msgs = b.messages_for_test(false).unwrap();
         let cmds: Vec<_> = msgs.iter().map(|m| m.cmd).collect();
         use netlink::ElementCmd::{Add, Create, Delete};
         assert_eq!(cmds, vec![Create, Add, Delete]);
@@ -1194,7 +1210,7 @@ mod tests {
             Some(vec![10, 0, 0, 5, 10, 0, 0, 255])
         );
         let replacing: Vec<_> = b
-            .netlink_messages(true)
+            .messages_for_test(true)
             .unwrap()
             .iter()
             .map(|m| m.cmd)
@@ -1254,14 +1270,14 @@ mod tests {
         let hash = cmds[6]["add"]["element"]["elem"][0][1].as_u64().unwrap();
         assert_eq!(cmds.len(), 7);
         // Without elements there is nothing for netlink to do.
-        assert!(b.netlink_messages(false).is_none());
+        assert!(b.messages_for_test(false).is_none());
         // With one, the marker goes first: a missing marker fails the transaction.
         b.add_attachment_elements(
             &S,
             "n/c/eth0",
             &[Key::new(json!({"concat": ["10.0.0.1", "10.0.0.2"]}))],
         );
-        let msgs = b.netlink_messages(false).unwrap();
+        let msgs = b.messages_for_test(false).unwrap();
         assert_eq!(msgs[0].set, SETUP_MARKER);
         assert_eq!(
             msgs[0].elements[0].data,
@@ -1271,9 +1287,9 @@ mod tests {
         // Other rules, another marker; a raw command sends everything through nft.
         let mut other = Batch::new();
         other.ensure_chain_rules(&chain, vec![vec![json!({"accept": null})]]);
-        assert_ne!(u64::from(other.markers()[0].1), hash);
+        assert_ne!(u64::from(other.markers()[0].hash), hash);
         b.push(json!({"x": 1}));
-        assert!(b.netlink_messages(false).is_none());
+        assert!(b.messages_for_test(false).is_none());
     }
 
     #[test]

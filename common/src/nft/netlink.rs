@@ -16,8 +16,9 @@ use crate::nfnetlink::{
     self, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLMSG_ERROR, NfSocket,
     find, put_attr, put_nested, put_str,
 };
+use ipnetwork::IpNetwork;
 use serde_json::Value;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::Mutex;
 
 /// `NFNL_SUBSYS_NFTABLES`.
@@ -55,7 +56,7 @@ const NFTA_SET_ELEM_DATA: u16 = 2;
 const NFTA_SET_ELEM_USERDATA: u16 = 6;
 const NFTA_SET_ELEM_KEY_END: u16 = 10;
 // enum nft_data_attributes
-const NFTA_DATA_VALUE: u16 = 1;
+pub const NFTA_DATA_VALUE: u16 = 1;
 /// libnftnl's user-data TLV type for a comment (rules and set elements alike).
 const UDATA_COMMENT: u8 = 0;
 
@@ -88,36 +89,28 @@ pub(crate) struct EncodedKey {
 fn encode_field(ty: &str, v: &Value, interval: bool) -> Option<(Vec<u8>, Vec<u8>)> {
     let same = |b: Vec<u8>| Some((b.clone(), b));
     match ty {
-        "ipv4_addr" => match v {
-            Value::String(s) => same(s.parse::<Ipv4Addr>().ok()?.octets().to_vec()),
-            Value::Object(_) if interval => {
-                let p = v.get("prefix")?;
-                let addr: Ipv4Addr = p.get("addr")?.as_str()?.parse().ok()?;
-                let len = u32::try_from(p.get("len")?.as_u64()?).ok()?;
-                let host = u32::MAX.checked_shr(len).unwrap_or(0);
-                let a = u32::from(addr);
-                Some((
-                    (a & !host).to_be_bytes().to_vec(),
-                    (a | host).to_be_bytes().to_vec(),
-                ))
+        "ipv4_addr" | "ipv6_addr" => {
+            let v6 = ty == "ipv6_addr";
+            let (addr, len) = match v {
+                Value::String(s) => (s.parse::<IpAddr>().ok()?, None),
+                Value::Object(_) if interval => {
+                    let p = v.get("prefix")?;
+                    let len = u8::try_from(p.get("len")?.as_u64()?).ok()?;
+                    (p.get("addr")?.as_str()?.parse::<IpAddr>().ok()?, Some(len))
+                }
+                _ => return None,
+            };
+            if addr.is_ipv6() != v6 {
+                return None;
             }
-            _ => None,
-        },
-        "ipv6_addr" => match v {
-            Value::String(s) => same(s.parse::<Ipv6Addr>().ok()?.octets().to_vec()),
-            Value::Object(_) if interval => {
-                let p = v.get("prefix")?;
-                let addr: Ipv6Addr = p.get("addr")?.as_str()?.parse().ok()?;
-                let len = u32::try_from(p.get("len")?.as_u64()?).ok()?;
-                let host = u128::MAX.checked_shr(len).unwrap_or(0);
-                let a = u128::from(addr);
-                Some((
-                    (a & !host).to_be_bytes().to_vec(),
-                    (a | host).to_be_bytes().to_vec(),
-                ))
+            match len {
+                None => same(ip_octets(addr)),
+                Some(len) => {
+                    let net = IpNetwork::new(addr, len).ok()?;
+                    Some((ip_octets(net.network()), ip_octets(net.broadcast())))
+                }
             }
-            _ => None,
-        },
+        }
         "ifname" => {
             let s = v.as_str()?;
             if s.len() >= IFNAMSIZ {
@@ -149,6 +142,13 @@ fn encode_field(ty: &str, v: &Value, interval: bool) -> Option<(Vec<u8>, Vec<u8>
         "inet_service" => same(u16::try_from(v.as_u64()?).ok()?.to_be_bytes().to_vec()),
         "mark" => same(u32::try_from(v.as_u64()?).ok()?.to_ne_bytes().to_vec()),
         _ => None,
+    }
+}
+
+fn ip_octets(a: IpAddr) -> Vec<u8> {
+    match a {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
     }
 }
 
@@ -209,6 +209,26 @@ pub(crate) enum ElementCmd {
     /// Add; fails with EEXIST when the key exists.
     Create,
     Delete,
+}
+
+impl ElementMsg {
+    /// `cmd` on the element `0 : value` of `table`'s marker map (see [`super::Batch`]).
+    pub(crate) fn marker(family: Family, table: &str, cmd: ElementCmd, value: u32) -> ElementMsg {
+        ElementMsg {
+            family,
+            table: table.to_string(),
+            set: super::SETUP_MARKER.to_string(),
+            cmd,
+            elements: vec![Element {
+                key: EncodedKey {
+                    start: 0u32.to_ne_bytes().to_vec(),
+                    end: None,
+                },
+                data: Some(value.to_ne_bytes().to_vec()),
+                comment: None,
+            }],
+        }
+    }
 }
 
 /// One message: a command on elements of one set.
@@ -293,10 +313,18 @@ pub(crate) enum Outcome {
     Refused(i32, Option<usize>),
 }
 
-/// Kernel: sends `msgs` as one nf_tables batch (all or nothing) and reads every answer.
-pub(crate) fn transact_in_kernel(msgs: &[ElementMsg]) -> Result<Outcome> {
+/// Done with `nl` after `msgs` ended in `outcome`: closed now, or at exit when a committed
+/// transaction deleted something (see [`close_at_exit`]).
+pub(crate) fn release(nl: NfSocket, msgs: &[ElementMsg], outcome: Outcome) {
+    if outcome == Outcome::Committed && msgs.iter().any(|m| m.cmd == ElementCmd::Delete) {
+        close_at_exit(nl);
+    }
+}
+
+/// Kernel: sends `msgs` as one nf_tables batch (all or nothing) on `nl` and reads every
+/// answer.
+pub(crate) fn transact(nl: &mut NfSocket, msgs: &[ElementMsg]) -> Result<Outcome> {
     let op = "transaction";
-    let mut nl = NfSocket::open("nftables")?;
     let mut out = Vec::new();
     let begin = nl.next_seq();
     nfnetlink::put_message(
@@ -359,7 +387,7 @@ pub(crate) fn transact_in_kernel(msgs: &[ElementMsg]) -> Result<Outcome> {
             "nftables transaction: the kernel did not answer the batch",
         ));
     }
-    let outcome = match first_error {
+    Ok(match first_error {
         // Messages were numbered begin + 1, begin + 2, ...
         Some((errno, seq)) => Outcome::Refused(
             errno,
@@ -369,11 +397,7 @@ pub(crate) fn transact_in_kernel(msgs: &[ElementMsg]) -> Result<Outcome> {
                 .filter(|i| *i < msgs.len()),
         ),
         None => Outcome::Committed,
-    };
-    if outcome == Outcome::Committed && msgs.iter().any(|m| m.cmd == ElementCmd::Delete) {
-        close_at_exit(nl);
-    }
-    Ok(outcome)
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -482,8 +506,16 @@ pub fn rule_counts_in_kernel(
     family: Family,
     table: &str,
 ) -> Result<Option<std::collections::BTreeMap<String, usize>>> {
-    let mut nl = NfSocket::open("nftables")?;
-    Ok(dump_rules(&mut nl, family, table, None)?.map(|rules| {
+    rule_counts(&mut NfSocket::open("nftables")?, family, table)
+}
+
+/// [`rule_counts_in_kernel`] on `nl`.
+pub(crate) fn rule_counts(
+    nl: &mut NfSocket,
+    family: Family,
+    table: &str,
+) -> Result<Option<std::collections::BTreeMap<String, usize>>> {
+    Ok(dump_rules(nl, family, table, None)?.map(|rules| {
         let mut counts = std::collections::BTreeMap::new();
         for (chain, _) in rules {
             *counts.entry(chain).or_insert(0) += 1;
@@ -530,9 +562,9 @@ fn dump_rules(
                     continue;
                 }
                 interrupted |= r.flags & NLM_F_DUMP_INTR != 0;
-                match (r.msg_type, r.errno(), r.done_errno()) {
-                    (_, Some(e), _) | (_, _, Some(e)) => end = Some(e),
-                    (t, None, None) if t == SUBSYS_NFTABLES << 8 | NFT_MSG_NEWRULE => {
+                match (r.msg_type, r.errno()) {
+                    (_, Some(e)) => end = Some(e),
+                    (t, None) if t == SUBSYS_NFTABLES << 8 | NFT_MSG_NEWRULE => {
                         let attrs = r.attrs();
                         let chain_name = find(attrs, NFTA_RULE_CHAIN)
                             .and_then(nfnetlink::as_str)
@@ -540,7 +572,7 @@ fn dump_rules(
                             .to_string();
                         rules.push((chain_name, KernelRule::parse(attrs)));
                     }
-                    _ => {}
+                    (_, None) => {}
                 }
             }
             if let Some(e) = end {
@@ -562,6 +594,15 @@ fn dump_rules(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Kernel: sends `msgs` as one nf_tables batch (all or nothing) on its own socket, and reads
+    /// every answer.
+    fn transact_in_kernel(msgs: &[ElementMsg]) -> Result<Outcome> {
+        let mut nl = NfSocket::open("nftables")?;
+        let outcome = transact(&mut nl, msgs)?;
+        release(nl, msgs, outcome);
+        Ok(outcome)
+    }
     use serde_json::json;
 
     fn types(t: &[&str]) -> Vec<String> {
@@ -771,7 +812,7 @@ mod tests {
         let accept = json!({"accept": null});
         // The first batch has no marker to lean on: nft writes everything.
         let first = batch(accept.clone(), 1, "n/c1/eth0");
-        let msgs = first.netlink_messages(false).unwrap();
+        let msgs = first.messages_for_test(false).unwrap();
         assert_eq!(
             ns.run(|| transact_in_kernel(&msgs)).unwrap(),
             Outcome::Refused(libc::ENOENT, Some(0)),
@@ -789,7 +830,7 @@ mod tests {
 
         // The second attachment: its elements alone, over netlink.
         let second = batch(accept.clone(), 2, "n/c2/eth0");
-        let msgs = second.netlink_messages(false).unwrap();
+        let msgs = second.messages_for_test(false).unwrap();
         assert_eq!(
             ns.run(|| transact_in_kernel(&msgs)).unwrap(),
             Outcome::Committed
@@ -805,7 +846,7 @@ mod tests {
         // the marker); the replacing form takes them over with its comment.
         let again = batch(accept.clone(), 2, "n/c3/eth0");
         let refused = ns
-            .run(|| transact_in_kernel(&again.netlink_messages(false).unwrap()))
+            .run(|| transact_in_kernel(&again.messages_for_test(false).unwrap()))
             .unwrap();
         assert!(
             matches!(refused, Outcome::Refused(e, Some(i)) if e == libc::EEXIST && i > 0),
@@ -821,7 +862,7 @@ mod tests {
         // kernels), nft rewrites the rules.
         let changed = batch(json!({"drop": null}), 4, "n/c4/eth0");
         let refused = ns
-            .run(|| transact_in_kernel(&changed.netlink_messages(false).unwrap()))
+            .run(|| transact_in_kernel(&changed.messages_for_test(false).unwrap()))
             .unwrap();
         assert!(
             matches!(refused, Outcome::Refused(e, Some(0)) if e == libc::EEXIST || e == libc::EBUSY),
@@ -835,7 +876,7 @@ mod tests {
 
         // DEL over netlink, twice (the second finds nothing, and succeeds).
         for _ in 0..2 {
-            let msgs = delete_batch(2).netlink_messages(false).unwrap();
+            let msgs = delete_batch(2).messages_for_test(false).unwrap();
             assert_eq!(
                 ns.run(|| transact_in_kernel(&msgs)).unwrap(),
                 Outcome::Committed

@@ -20,7 +20,7 @@
 
 use common::error::Result;
 use common::nft::Family;
-use common::nft::netlink::{KernelRule, chain_rules_in_kernel, expr_attr};
+use common::nft::netlink::{KernelRule, NFTA_DATA_VALUE, chain_rules_in_kernel, expr_attr};
 use serde_json::{Value, json};
 
 use crate::rules::FORWARD_MARK;
@@ -70,7 +70,6 @@ const NFT_META_MARK: u32 = 3;
 const NFTA_BITWISE_MASK: u16 = 4;
 const NFTA_CMP_DATA: u16 = 3;
 const NFTA_IMMEDIATE_DATA: u16 = 2;
-const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
 const NF_ACCEPT: u32 = 1;
