@@ -148,14 +148,23 @@ pub(crate) mod tests;
 #[derive(Debug)]
 pub struct RouteSocket {
     nl: socket::NlSocket,
-    /// Opened alongside `nl`, so in the same namespace; joins multicast groups only while
-    /// [`RouteSocket::wait_oper_up`] or [`RouteSocket::wait_dad_done`] run.
+    /// Opened alongside `nl` by the `*_for_waits` constructors, so in the same namespace;
+    /// joins multicast groups only while [`RouteSocket::wait_oper_up`] or
+    /// [`RouteSocket::wait_dad_done`] run. Most callers never wait, and skip it.
     events: Option<socket::EventSocket>,
 }
 
 impl RouteSocket {
     /// Opens a socket in the calling thread's namespace.
     pub fn open() -> Result<RouteSocket> {
+        Ok(RouteSocket {
+            nl: socket::NlSocket::open()?,
+            events: None,
+        })
+    }
+
+    /// Like [`RouteSocket::open`], with the event socket the waits need.
+    pub fn open_for_waits() -> Result<RouteSocket> {
         Ok(RouteSocket {
             nl: socket::NlSocket::open()?,
             events: Some(socket::EventSocket::open()?),
@@ -166,6 +175,12 @@ impl RouteSocket {
     /// working in `ns` from any thread.
     pub fn open_in(ns: &NetNs) -> Result<RouteSocket> {
         ns.run(RouteSocket::open)
+            .map_err(|e| e.context(format!("opening a netlink socket in {}", ns.path())))
+    }
+
+    /// Like [`RouteSocket::open_in`], with the event socket the waits need.
+    pub fn open_in_for_waits(ns: &NetNs) -> Result<RouteSocket> {
+        ns.run(RouteSocket::open_for_waits)
             .map_err(|e| e.context(format!("opening a netlink socket in {}", ns.path())))
     }
 }

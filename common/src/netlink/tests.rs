@@ -44,7 +44,7 @@ impl TestNs {
     }
 
     fn sock(&self) -> RouteSocket {
-        RouteSocket::open_in(&self.netns()).unwrap()
+        RouteSocket::open_in_for_waits(&self.netns()).unwrap()
     }
 
     /// Runs `f` on a thread inside the namespace.

@@ -28,10 +28,9 @@ impl RouteSocket {
     ) -> Result<bool> {
         let deadline = Instant::now() + timeout;
         // Take the event socket out so that `check` can use `self` while it is subscribed.
-        let mut events = self
-            .events
-            .take()
-            .ok_or_else(|| Error::internal("netlink event socket is missing"))?;
+        let mut events = self.events.take().ok_or_else(|| {
+            Error::internal("waiting needs a socket opened with RouteSocket::open*_for_waits")
+        })?;
         let res = events.with_group(group, |ev| {
             loop {
                 if let Check::Done = check(self)? {

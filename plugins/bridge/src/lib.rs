@@ -121,7 +121,7 @@ impl Undo {
 
 fn add(args: &CmdArgs, conf: &Conf, undo: &mut Undo) -> Result<CniResult> {
     let netns = NetNs::open_container(&args.netns)?;
-    let mut host = RouteSocket::open()?;
+    let mut host = RouteSocket::open_for_waits()?;
 
     // An interface that is already there fails ADD before anything is allocated: an IPAM
     // that hands out the same lease again must not have it released by our rollback.

@@ -273,7 +273,7 @@ pub struct ContainerSetup<'a> {
 /// Configures the container interface. Runs inside the container's netns (on the thread
 /// [`NetNs::run`] made), so sysctls and the socket it opens are the container's.
 pub fn setup_container(s: &ContainerSetup<'_>) -> Result<ContainerInfo> {
-    let mut sock = RouteSocket::open()?;
+    let mut sock = RouteSocket::open_for_waits()?;
     let link = sock.link_by_name(s.ifname)?.ok_or_else(|| {
         Error::internal(format!(
             "container interface {} not found after creation",
