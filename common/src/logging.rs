@@ -48,6 +48,8 @@ struct State {
     level: LevelFilter,
     /// `None`: stderr.
     file: Option<File>,
+    /// The path `file` was opened from (a second `configure` naming it again reuses it).
+    file_path: Option<String>,
     plugin: String,
     command: String,
     container_id: String,
@@ -56,6 +58,7 @@ struct State {
 static STATE: Mutex<State> = Mutex::new(State {
     level: LevelFilter::Warn,
     file: None,
+    file_path: None,
     plugin: String::new(),
     command: String::new(),
     container_id: String::new(),
@@ -149,21 +152,26 @@ pub fn configure(
             }
         }
     }
-    let path = env_nonempty(env, ENV_FILE).or_else(|| conf_file.map(str::to_string));
-    let file = match path.as_deref().filter(|p| !p.is_empty()) {
-        None => None,
-        Some(p) => match open_log_file(Path::new(p)) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                warnings.push(format!("cannot open log file {p}: {e}; logging to stderr"));
-                None
-            }
-        },
-    };
+    let path = env_nonempty(env, ENV_FILE)
+        .or_else(|| conf_file.map(str::to_string))
+        .filter(|p| !p.is_empty());
     {
         let mut s = state();
         s.level = level;
-        s.file = file;
+        // `init` opened it already when the environment names it: not again.
+        if s.file.is_none() || s.file_path != path {
+            s.file = match path.as_deref() {
+                None => None,
+                Some(p) => match open_log_file(Path::new(p)) {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        warnings.push(format!("cannot open log file {p}: {e}; logging to stderr"));
+                        None
+                    }
+                },
+            };
+            s.file_path = s.file.as_ref().and(path);
+        }
     }
     log::set_max_level(level);
     for w in warnings {
