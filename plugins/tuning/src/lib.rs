@@ -527,15 +527,5 @@ fn gc(args: &CmdArgs) -> Result<()> {
             Entry::Temp { .. } => {}
         }
     }
-    match errors.len() {
-        0 => Ok(()),
-        1 => Err(errors.remove(0)),
-        _ => Err(Error::internal(
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
-        )),
-    }
+    common::error::join(errors)
 }

@@ -2,7 +2,7 @@
 //! allow-list, and reading and writing values (inside the container's namespace: the
 //! functions that touch /proc must run in `NetNs::run`).
 
-use common::error::{Error, IoContext, Result};
+use common::error::{Error, Result};
 use regex::Regex;
 use std::io::ErrorKind;
 use std::path::Path;
@@ -63,7 +63,7 @@ pub fn resolve(key: &str, value: &str, ifname: &str, allowlist: &Allowlist) -> R
     allowlist.check(key)?;
     Ok(Sysctl {
         key: key.to_string(),
-        path: format!("/proc/sys/{}", parts.join("/")),
+        path: common::sysctl::path_from_parts(&parts),
         value: value.to_string(),
     })
 }
@@ -178,11 +178,7 @@ pub fn read(s: &Sysctl) -> Result<String> {
     read_path(&s.path)
 }
 
-/// The current value of a path, trimmed. In the netns.
-pub fn read_path(path: &str) -> Result<String> {
-    let v = std::fs::read_to_string(path).with_io_context(|| format!("reading {path}"))?;
-    Ok(v.trim().to_string())
-}
+pub use common::sysctl::read_path;
 
 /// Writes a value; a value the kernel refuses (EINVAL) is a config error. In the netns.
 pub fn write_path(key: &str, path: &str, value: &str) -> Result<()> {
