@@ -19,6 +19,7 @@ pub mod ipam;
 pub mod lock;
 pub mod logging;
 pub mod metrics;
+pub mod naming;
 pub mod netlink;
 pub mod netns;
 pub(crate) mod nfnetlink;

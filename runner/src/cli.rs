@@ -185,12 +185,7 @@ fn parse_attachment(s: &str) -> std::result::Result<Attachment, String> {
 /// The container ID derived from a namespace path: "cnirun-" + 16 hex digits of the 64-bit
 /// FNV-1a hash of the path.
 pub fn container_id_for(netns: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in netns.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("cnirun-{h:016x}")
+    format!("cnirun-{:016x}", common::naming::fnv1a64(&[netns]))
 }
 
 impl NetArgs {

@@ -29,6 +29,7 @@
 //! removing one removes it for both.
 
 use crate::error::{Error, Result};
+use crate::naming::{cut, fnv1a64};
 use crate::nfnetlink::NfSocket;
 use crate::spec::config::Attachment;
 use serde_json::{Value, json};
@@ -841,32 +842,6 @@ impl TableListing {
 
 // ---------------------------------------------------------------------------------------
 // Comments that name an attachment
-
-/// 64-bit FNV-1a: small, stable across versions and platforms (not for security).
-fn fnv1a64(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for (i, p) in parts.iter().enumerate() {
-        if i > 0 {
-            // A separator no valid name contains, so ("a","bc") and ("ab","c") differ.
-            h ^= 0x1f;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        for b in p.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
-}
-
-/// The longest prefix of `s` of at most `max` bytes, cut on a character boundary.
-fn cut(s: &str, max: usize) -> &str {
-    let mut end = max.min(s.len());
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s.get(..end).unwrap_or("")
-}
 
 /// The network part of a comment: the name itself when it has at most 40 bytes, else its
 /// first 23 bytes, `~` and 16 hex digits of its hash (network names never contain `~`).

@@ -95,15 +95,11 @@ pub fn key(owner: &Owner) -> String {
     )
 }
 
-/// FNV-1a, 64 bits: stable across builds and versions (unlike std's hasher).
-fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 fn bucket_of(key: &str) -> String {
-    format!("{BUCKET_PREFIX}{:02x}", fnv1a(key) % BUCKETS)
+    format!(
+        "{BUCKET_PREFIX}{:02x}",
+        common::naming::fnv1a64(&[key]) % BUCKETS
+    )
 }
 
 /// A bucket file's lines, by key.

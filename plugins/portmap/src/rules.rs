@@ -64,24 +64,17 @@ pub const TABLE_PREFIX: &str = "cnirs_portmap_";
 /// The longest network name used as is in a table name.
 const NET_IN_NAME_MAX: usize = 200;
 
-fn fnv1a64(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 /// `cnirs_portmap_<network>`; a network name longer than 200 bytes is cut to 180 and
 /// followed by `_` and 16 hex digits of its hash (nft names hold 255 bytes).
 pub fn table_name(network: &str) -> String {
     if network.len() <= NET_IN_NAME_MAX {
         format!("{TABLE_PREFIX}{network}")
     } else {
-        let mut end = 180;
-        while !network.is_char_boundary(end) {
-            end -= 1;
-        }
-        let head = network.get(..end).unwrap_or("");
-        format!("{TABLE_PREFIX}{head}_{:016x}", fnv1a64(network))
+        let head = common::naming::cut(network, 180);
+        format!(
+            "{TABLE_PREFIX}{head}_{:016x}",
+            common::naming::fnv1a64(&[network])
+        )
     }
 }
 
