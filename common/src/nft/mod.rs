@@ -1043,6 +1043,13 @@ pub fn forget_setup_in_kernel(tables: &[TableRef<'_>]) {
     }
 }
 
+/// Kernel: runs an nft script in text syntax (`nft -f -`) as one transaction. `Ok(Err)`
+/// carries nft's message when it refused the script (nothing changed).
+pub fn apply_text_to_kernel(script: &str) -> Result<std::result::Result<(), String>> {
+    log::debug!("nft -f -: {script}");
+    Ok(run_nft(&["-f", "-"], Some(script.as_bytes()))?.map(drop))
+}
+
 /// Kernel: the whole batch through ONE `nft -j -f -` process.
 fn apply_with_nft(batch: &Batch) -> Result<()> {
     let input = serde_json::to_vec(&batch.to_json())

@@ -54,9 +54,7 @@ use common::nft::{
 };
 use common::spec::config::Attachment;
 use serde_json::{Value, json};
-use std::io::Write;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
 
 /// Table names start with this; the network name follows.
 pub const TABLE_PREFIX: &str = "cnirs_portmap_";
@@ -510,30 +508,6 @@ pub fn del_known_batch(rules: &AttachmentRules) -> Result<Batch> {
 // ---------------------------------------------------------------------------------------
 // Kernel
 
-/// Kernel: runs an nft script in text syntax as one transaction.
-fn apply_text(script: &str) -> Result<std::result::Result<(), String>> {
-    let nft = nft::nft_path()?;
-    let mut child = Command::new(&nft)
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::Nft(format!("running {}: {e}", nft.display())))?;
-    if let Some(mut pipe) = child.stdin.take() {
-        pipe.write_all(script.as_bytes())
-            .map_err(|e| Error::Nft(format!("writing to nft: {e}")))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Error::Nft(format!("waiting for nft: {e}")))?;
-    if out.status.success() {
-        Ok(Ok(()))
-    } else {
-        Ok(Err(String::from_utf8_lossy(&out.stderr).trim().to_string()))
-    }
-}
-
 /// Kernel: installs the attachment's rules in ONE transaction: the JSON batch, or, when the
 /// config has conditions, the batch rendered as text followed by the conditions chains (a
 /// rejected condition fails it as a whole, code 7, so nothing changes). Should the batch not
@@ -569,7 +543,7 @@ pub fn add_rules(rules: &AttachmentRules) -> Result<()> {
     match crate::text::render(&batch.to_json()) {
         Some(mut script) => {
             script.push_str(&conditions);
-            match apply_text(&script)? {
+            match nft::apply_text_to_kernel(&script)? {
                 Ok(()) => Ok(()),
                 // nft quotes the command it refused: a conditions chain's rule is the config's.
                 Err(stderr)
@@ -582,7 +556,7 @@ pub fn add_rules(rules: &AttachmentRules) -> Result<()> {
         }
         None => {
             log::debug!("the batch does not render as nft text: two transactions");
-            apply_text(&conditions)?.map_err(|stderr| rejected(&stderr))?;
+            nft::apply_text_to_kernel(&conditions)?.map_err(|stderr| rejected(&stderr))?;
             nft::apply_to_kernel(&batch).map_err(ctx)
         }
     }
