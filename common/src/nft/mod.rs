@@ -522,6 +522,15 @@ impl Batch {
         self.change(set, keys, None, Change::Remove);
     }
 
+    /// A batch deleting these elements by key ([`Batch::delete_known_elements`] each).
+    pub fn deleting(elements: &[(&SetDef<'_>, Key)]) -> Batch {
+        let mut b = Batch::new();
+        for (set, key) in elements {
+            b.delete_known_elements(set, std::slice::from_ref(key));
+        }
+        b
+    }
+
     /// Deletes the listed elements of `listing` whose comment satisfies `pick`. Each is added
     /// back first (by its listed key), so the batch does not fail if one vanished meanwhile.
     /// Returns how many elements it deletes.

@@ -194,7 +194,7 @@ fn add(args: &CmdArgs, conf: &Conf, undo: &mut Undo) -> Result<CniResult> {
     }
 
     let attachment = attachment_rules(args, conf, &result, &veth.host_name, &container.mac);
-    if attachment.has_rules() {
+    if !attachment.is_empty() {
         undo.rules = Some(attachment.clone());
         rules::add_rules(&attachment)?;
     }
@@ -362,13 +362,6 @@ fn check(args: &CmdArgs, conf: &Conf) -> Result<()> {
         rules::check_rules(&rules)?;
     }
     Ok(())
-}
-
-impl AttachmentRules {
-    /// True when there is anything to put in nftables.
-    pub fn has_rules(&self) -> bool {
-        !self.masq.is_empty() || self.spoof.is_some()
-    }
 }
 
 /// Routes to install in the container: a route without a gateway uses the gateway of the

@@ -163,7 +163,8 @@ impl AttachmentRules {
         attachment_comment(&self.network, &self.container_id, &self.ifname)
     }
 
-    fn is_empty(&self) -> bool {
+    /// True when there is nothing to put in nftables.
+    pub fn is_empty(&self) -> bool {
         self.masq.is_empty() && self.spoof.is_none()
     }
 
@@ -284,11 +285,7 @@ pub fn add_batch(rules: &AttachmentRules) -> Result<Batch> {
 
 /// The DEL batch for known keys: no listing, and no failure when anything is missing.
 pub fn del_known_batch(rules: &AttachmentRules) -> Result<Batch> {
-    let mut b = Batch::new();
-    for (set, key) in &rules.elements()? {
-        b.delete_known_elements(set, std::slice::from_ref(key));
-    }
-    Ok(b)
+    Ok(Batch::deleting(&rules.elements()?))
 }
 
 /// Kernel: installs the attachment's masquerade and spoof check elements (and the fixed

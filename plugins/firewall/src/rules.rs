@@ -396,11 +396,7 @@ pub fn add_batch(rules: &AttachmentRules, extra: Vec<Value>) -> Result<Batch> {
 /// The DEL batch for known keys: no listing, no failure when anything is missing. It leaves
 /// a `guarded_bridges` element alone: guarded attachments are deleted by [`prune_in_kernel`].
 pub fn del_known_batch(rules: &AttachmentRules) -> Result<Batch> {
-    let mut b = Batch::new();
-    for (set, key) in &rules.elements()? {
-        b.delete_known_elements(set, std::slice::from_ref(key));
-    }
-    Ok(b)
+    Ok(Batch::deleting(&rules.elements()?))
 }
 
 /// The bridge named by a listed `members` element (`{"concat": [bridge, addr]}`).
