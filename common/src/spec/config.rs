@@ -184,9 +184,9 @@ pub fn validate_ifname(name: &str) -> Result<()> {
     }
     if name
         .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace())
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
     {
-        return bad("contains / or : or whitespace");
+        return bad("contains / or : or whitespace or a control character");
     }
     Ok(())
 }

@@ -192,22 +192,14 @@ pub struct AttachmentRules {
     pub host_port: Option<String>,
 }
 
-/// An interface name nft can hold (`ifname` is 16 bytes with the NUL).
+/// An interface name of prevResult that nft can hold (`ifname` is 16 bytes with the NUL):
+/// Linux's rules, but a config error (code 7), since it comes from prevResult.
 fn check_ifname(what: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && name != "."
-        && name != ".."
-        && !name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::config(format!(
+    common::spec::config::validate_ifname(name).map_err(|_| {
+        Error::config(format!(
             "invalid {what} interface name {name:?} in prevResult"
-        )))
-    }
+        ))
+    })
 }
 
 impl AttachmentRules {
