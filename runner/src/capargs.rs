@@ -91,17 +91,12 @@ pub fn parse_ip(s: &str) -> Result<String> {
 
 /// A MAC address `xx:xx:xx:xx:xx:xx` (or with `-`), normalised to lower case with `:`.
 pub fn parse_mac(s: &str) -> Result<String> {
-    let parts: Vec<&str> = s.split([':', '-']).collect();
-    let ok = parts.len() == 6
-        && parts
-            .iter()
-            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
-    if !ok {
-        return Err(Error::config(format!(
+    let mac = common::netlink::parse_mac(s).map_err(|_| {
+        Error::config(format!(
             "--mac {s:?}: expected six hex octets like 0a:58:0a:00:00:02"
-        )));
-    }
-    Ok(parts.join(":").to_ascii_lowercase())
+        ))
+    })?;
+    Ok(common::netlink::format_mac(&mac))
 }
 
 /// What the command line said about capability arguments.

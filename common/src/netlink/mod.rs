@@ -31,7 +31,8 @@ pub fn parse_mac(s: &str) -> Result<Mac> {
     }
     let mut mac = [0u8; 6];
     for (slot, part) in mac.iter_mut().zip(parts) {
-        if part.len() != 2 {
+        // from_str_radix alone would take "+a".
+        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad());
         }
         *slot = u8::from_str_radix(part, 16).map_err(|_| bad())?;
