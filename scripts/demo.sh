@@ -69,9 +69,17 @@ for c in "$C1" "$C2"; do
 done
 
 step "what is left after DEL"
-echo "veths in the host namespace: $(ip -n "$HOST" -o link show type veth | wc -l)"
-echo "allocations: $(find "$TMP/ipam" -type f -name '10.*' | wc -l)"
+left_veths=$(ip -n "$HOST" -o link show type veth | wc -l)
+left_allocs=$(find "$TMP/ipam" -type f -name '10.*' | wc -l)
 # (cnirs_setup is not an attachment's: it records the version of each table's rules)
-echo "nftables set/map elements: $(ip netns exec "$HOST" nft -j list ruleset | jq '[.nftables[] | (.set // .map // empty) | select(.name != "cnirs_setup") | .elem // [] | length] | add // 0')"
-echo "cache entries: $(ls "$TMP/cache" 2>/dev/null | wc -l)"
+left_elems=$(ip netns exec "$HOST" nft -j list ruleset | jq '[.nftables[] | (.set // .map // empty) | select(.name != "cnirs_setup") | .elem // [] | length] | add // 0')
+left_cache=$(ls "$TMP/cache" 2>/dev/null | wc -l)
+echo "veths in the host namespace: $left_veths"
+echo "allocations: $left_allocs"
+echo "nftables set/map elements: $left_elems"
+echo "cache entries: $left_cache"
+if [ "$((left_veths + left_allocs + left_elems + left_cache))" != 0 ]; then
+  echo "demo: DEL left something behind (above)" >&2
+  exit 1
+fi
 step "removing the demo namespaces (the bridge lived in the demo host namespace)"

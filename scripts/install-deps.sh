@@ -27,7 +27,7 @@ export DEBIAN_FRONTEND=noninteractive
 say() { echo "[install-deps] $*"; }
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" = "install ok installed" ]; }
 
-pkgs=(nftables iproute2 iputils-ping netcat-openbsd jq ca-certificates iptables)
+pkgs=(nftables iproute2 iputils-ping netcat-openbsd jq ca-certificates iptables procps)
 [ "$interop" = 1 ] && pkgs+=(containernetworking-plugins golang-go golang-github-appc-cni-dev dpkg-dev xz-utils)
 [ "$bench" = 1 ] && pkgs+=(gnuplot-nox time busybox-static curl)
 
