@@ -7,7 +7,9 @@
 # usage: bench/bridge-chain.sh [N]        (as root; N containers per plugin set, default 50)
 #   OURS=target/release   REF=/usr/lib/cni   CNI_VERSION=1.0.0
 set -euo pipefail
+cd "$(dirname "$0")/.."
 N=${1:-50}
+[ -n "${OURS:-}" ] || cargo build --release --workspace --locked --quiet
 OURS=$(readlink -f "${OURS:-target/release}")
 REF=${REF:-/usr/lib/cni}
 CNI_VERSION=${CNI_VERSION:-1.0.0}

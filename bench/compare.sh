@@ -43,13 +43,14 @@ DATE=$(date -u +%F)
 REPORT=$OUT/$DATE.md
 mkdir -p "$OUT"
 W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
+FLOOR_NS=cnirs-floor-$$
+trap 'rm -rf "$W"; ip netns del "$FLOOR_NS" 2>/dev/null || true' EXIT
 say() { echo "[compare] $*" >&2; }
 
 say "building release binaries"
-cargo build --release --workspace --quiet
-cargo build --release --quiet -p cni-host-local --example bench
-cargo build --release --quiet -p common --example kernel_floor
+cargo build --release --workspace --locked --quiet
+cargo build --release --locked --quiet -p cni-host-local --example bench
+cargo build --release --locked --quiet -p common --example kernel_floor
 DYN=$PWD/target/release
 STATIC=""
 if out=$(scripts/build-static.sh --quiet 2>"$W/static.err"); then
@@ -272,7 +273,6 @@ res_md=$(
 
 # ------------------------------------------------------------------ kernel floor
 say "kernel floor: the kernel work of one DEL alone (common/examples/kernel_floor.rs)"
-FLOOR_NS=cnirs-floor-$$
 floor_md=""
 if ip netns add "$FLOOR_NS" 2>/dev/null; then
   floor_out=$(ip netns exec "$FLOOR_NS" target/release/examples/kernel_floor 21 2>&1) || true

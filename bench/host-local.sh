@@ -4,7 +4,7 @@
 # never fails on the figures. Usage: bench/host-local.sh [RUNS]
 set -eu
 cd "$(dirname "$0")/.."
-cargo build --release --workspace --quiet
-cargo build --release --quiet -p cni-host-local --example bench
+cargo build --release --workspace --locked --quiet
+cargo build --release --locked --quiet -p cni-host-local --example bench
 exec target/release/examples/bench "$PWD/target/release/host-local" \
     "${REFERENCE:-/usr/lib/cni/host-local}" "${1:-21}"
