@@ -5,7 +5,9 @@
 use crate::range::{RangeSet, canonical};
 use common::spec::{Attachment, IpConfig};
 use common::{Error, Result};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashSet;
+#[cfg(test)]
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 /// Who holds an address, as written in its allocation file: `containerID\r\nifname`, or just
@@ -255,12 +257,14 @@ pub fn has_free(store: &mut dyn Store, set: &RangeSet, idx: usize) -> Result<boo
 }
 
 /// An in-memory [`Store`] (the unit tests' fake).
+#[cfg(test)]
 #[derive(Debug, Default, Clone)]
 pub struct MemStore {
     pub ips: BTreeMap<IpAddr, Owner>,
     pub last: HashMap<usize, IpAddr>,
 }
 
+#[cfg(test)]
 impl Store for MemStore {
     fn reserve(&mut self, owner: &Owner, ip: IpAddr, set: usize) -> Result<bool> {
         if self.ips.contains_key(&ip) {

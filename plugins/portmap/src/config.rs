@@ -173,10 +173,6 @@ impl Conf {
     pub fn network(&self) -> &str {
         &self.raw.net.name
     }
-
-    pub fn mappings(&self) -> &[Mapping] {
-        self.mappings.as_deref().unwrap_or(&[])
-    }
 }
 
 /// Parses and checks the configuration (code 6 for malformed JSON, 7 for bad values).

@@ -121,6 +121,7 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
 }
 
 /// Serialises and writes a backup.
+#[cfg(test)]
 pub fn save(dir: &Path, name: &str, b: &Backup) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(b)
         .map_err(|e| Error::internal(format!("encoding backup: {e}")))?;

@@ -54,17 +54,6 @@ pub struct Settings {
     pub sysctls: Vec<Sysctl>,
 }
 
-impl Settings {
-    /// True when ADD has a link attribute to set.
-    pub fn touches_link(&self) -> bool {
-        self.mac.is_some()
-            || self.promisc
-            || self.mtu.is_some()
-            || self.allmulti.is_some()
-            || self.txqlen.is_some()
-    }
-}
-
 /// Reads and validates the config for ADD and CHECK: code 6 for values of the wrong type,
 /// code 7 for invalid values, duplicate or forbidden sysctl keys.
 /// The allow-list is read only when some sysctl is configured.
