@@ -1015,6 +1015,21 @@ fn apply_over_netlink(batch: &Batch) -> Result<bool> {
     }
 }
 
+/// Kernel: how CHECK ends for rules in `tables`: Ok when nothing is `missing`; otherwise an
+/// error `"{what}: {missing, joined}"` (999), after forgetting the tables' rule version so
+/// that the next ADD repairs them ([`forget_setup_in_kernel`]).
+pub fn check_outcome_in_kernel(
+    tables: &[TableRef<'_>],
+    what: &str,
+    missing: &[String],
+) -> Result<()> {
+    if missing.is_empty() {
+        return Ok(());
+    }
+    forget_setup_in_kernel(tables);
+    Err(Error::Internal(format!("{what}: {}", missing.join("; "))))
+}
+
 /// Kernel: forgets the version of these tables' rules that [`Batch`] recorded, so the next
 /// ADD writes their chains and rules again: for CHECK, when it finds them damaged. Missing
 /// tables or markers are fine; a failure is only logged (CHECK reports the damage anyway).

@@ -383,19 +383,11 @@ pub fn check_rules(rules: &AttachmentRules) -> Result<()> {
         None
     };
     let missing = missing_in(rules, masq.as_ref(), spoof.as_ref())?;
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        // So that ADD repairs what is missing: it rewrites the rules only when told to.
-        nft::forget_setup_in_kernel(&[MASQ_TABLE, SPOOF_TABLE]);
-        Err(Error::Internal(format!(
-            "nftables rules of {}/{}/{} missing: {}",
-            rules.network,
-            rules.container_id,
-            rules.ifname,
-            missing.join("; ")
-        )))
-    }
+    let what = format!(
+        "nftables rules of {}/{}/{} missing",
+        rules.network, rules.container_id, rules.ifname
+    );
+    nft::check_outcome_in_kernel(&[MASQ_TABLE, SPOOF_TABLE], &what, &missing)
 }
 
 /// Kernel: GC. Deletes every element of `network` whose attachment is not in `valid` (an

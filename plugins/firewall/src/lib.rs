@@ -238,19 +238,11 @@ impl Plugin for Firewall {
                 ));
             }
         }
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            // So that ADD repairs what is missing: it rewrites the rules only when told to.
-            nft::forget_setup_in_kernel(&[rules::TABLE, rules::BRIDGE_TABLE]);
-            Err(Error::Internal(format!(
-                "firewall rules of {}/{}/{} missing: {}",
-                rules.network,
-                rules.container_id,
-                rules.ifname,
-                missing.join("; ")
-            )))
-        }
+        let what = format!(
+            "firewall rules of {}/{}/{} missing",
+            rules.network, rules.container_id, rules.ifname
+        );
+        nft::check_outcome_in_kernel(&[rules::TABLE, rules::BRIDGE_TABLE], &what, &missing)
     }
 
     fn gc(&self, args: &CmdArgs) -> Result<()> {

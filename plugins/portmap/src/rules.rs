@@ -755,21 +755,15 @@ pub fn check_rules(rules: &AttachmentRules) -> Result<()> {
         name: &name,
     })?;
     let missing = missing_in(rules, listing.as_ref())?;
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        // So that ADD repairs what is missing: it rewrites the rules only when told to.
-        nft::forget_setup_in_kernel(&[TableRef {
-            family: Family::Inet,
-            name: &name,
-        }]);
-        Err(Error::Internal(format!(
-            "port mappings of {}/{} missing in table inet {name}: {}",
-            rules.container_id,
-            rules.ifname,
-            missing.join("; ")
-        )))
-    }
+    let what = format!(
+        "port mappings of {}/{} missing in table inet {name}",
+        rules.container_id, rules.ifname
+    );
+    let table = TableRef {
+        family: Family::Inet,
+        name: &name,
+    };
+    nft::check_outcome_in_kernel(&[table], &what, &missing)
 }
 
 #[cfg(test)]
