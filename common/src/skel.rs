@@ -333,9 +333,10 @@ fn string_key<'a>(conf: &'a Value, key: &str) -> Option<&'a str> {
 }
 
 fn write_json(out: &mut dyn Write, v: &Value) -> std::io::Result<()> {
-    let text = serde_json::to_string_pretty(v).map_err(std::io::Error::other)?;
+    let mut text = serde_json::to_string_pretty(v).map_err(std::io::Error::other)?;
+    // One write: a runtime reading the pipe gets the answer whole.
+    text.push('\n');
     out.write_all(text.as_bytes())?;
-    out.write_all(b"\n")?;
     out.flush()
 }
 
@@ -375,7 +376,8 @@ fn dispatch_inner(
         ));
     }
 
-    let mut raw = Vec::new();
+    // A network config is a few KiB: one read in the usual case.
+    let mut raw = Vec::with_capacity(16 * 1024);
     stdin
         .read_to_end(&mut raw)
         .map_err(|e| Error::io("reading the network config from stdin", e))?;
