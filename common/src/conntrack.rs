@@ -306,24 +306,24 @@ impl Conntrack {
             Reply::Errno(errno) => Err(Error::netlink("conntrack delete", errno)),
         }
     }
-}
 
-/// Kernel: deletes the `proto`/`dport` entries of `family` that `pick` chooses; returns how
-/// many it deleted.
-pub fn delete_matching(
-    family: Family,
-    proto: u8,
-    dport: u16,
-    pick: &dyn Fn(&Entry) -> bool,
-) -> Result<usize> {
-    let mut ct = Conntrack::open()?;
-    let mut n = 0;
-    for e in ct.list(family, proto, dport)?.iter().filter(|e| pick(e)) {
-        if ct.delete(e)? {
-            n += 1;
+    /// Kernel: deletes the `proto`/`dport` entries of `family` that `pick` chooses; returns
+    /// how many it deleted.
+    pub fn delete_matching(
+        &mut self,
+        family: Family,
+        proto: u8,
+        dport: u16,
+        pick: &dyn Fn(&Entry) -> bool,
+    ) -> Result<usize> {
+        let mut n = 0;
+        for e in self.list(family, proto, dport)?.iter().filter(|e| pick(e)) {
+            if self.delete(e)? {
+                n += 1;
+            }
         }
+        Ok(n)
     }
-    Ok(n)
 }
 
 #[cfg(test)]

@@ -49,13 +49,13 @@ impl Plugin for Portmap {
             return Ok(prev);
         }
         // Validate everything that can be validated before touching the kernel.
-        rules::add_batch(&rules)?;
+        let batch = rules::add_batch(&rules)?;
         if conf.snat {
             if let Some(v4) = rules.v4 {
                 enable_route_localnet(v4)?;
             }
         }
-        rules::add_rules(&rules)?;
+        rules::add_rules(&rules, &batch)?;
         // After the rules, so that new packets take the new path. Failures only logged.
         flush_udp(&rules.udp_flows(), Stage::Add);
         Ok(prev)
@@ -240,6 +240,14 @@ fn flush_udp(flows: &[UdpFlow], stage: Stage) {
             Vec::new()
         }
     };
+    // One socket for every flow.
+    let mut ct = match conntrack::Conntrack::open() {
+        Ok(ct) => ct,
+        Err(e) => {
+            log::warn!("opening a conntrack socket: {e}");
+            return;
+        }
+    };
     for flow in flows {
         let family = if flow.container.is_ipv4() {
             Family::V4
@@ -247,7 +255,7 @@ fn flush_udp(flows: &[UdpFlow], stage: Stage) {
             Family::V6
         };
         let pick = |e: &Entry| is_stale(e, flow, stage, &local);
-        match conntrack::delete_matching(family, PROTO_UDP, flow.host_port, &pick) {
+        match ct.delete_matching(family, PROTO_UDP, flow.host_port, &pick) {
             Ok(0) => {}
             Ok(n) => log::info!(
                 "deleted {n} UDP conntrack entries for host port {}",

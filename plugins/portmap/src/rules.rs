@@ -508,13 +508,12 @@ pub fn del_known_batch(rules: &AttachmentRules) -> Result<Batch> {
 // ---------------------------------------------------------------------------------------
 // Kernel
 
-/// Kernel: installs the attachment's rules in ONE transaction: the JSON batch, or, when the
+/// Kernel: installs the attachment's rules (`batch`, from [`add_batch`]) in ONE transaction: the JSON batch, or, when the
 /// config has conditions, the batch rendered as text followed by the conditions chains (a
 /// rejected condition fails it as a whole, code 7, so nothing changes). Should the batch not
 /// render as text, the conditions go first in a transaction of their own. Nothing to
 /// install → no nft call.
-pub fn add_rules(rules: &AttachmentRules) -> Result<()> {
-    let batch = add_batch(rules)?;
+pub fn add_rules(rules: &AttachmentRules, batch: &Batch) -> Result<()> {
     if batch.is_empty() {
         return Ok(());
     }
@@ -533,7 +532,7 @@ pub fn add_rules(rules: &AttachmentRules) -> Result<()> {
         }
     };
     let Some(conditions) = conditions_script(rules) else {
-        return nft::apply_to_kernel(&batch).map_err(ctx);
+        return nft::apply_to_kernel(batch).map_err(ctx);
     };
     let rejected = |stderr: &str| {
         Error::config(format!(
@@ -557,7 +556,7 @@ pub fn add_rules(rules: &AttachmentRules) -> Result<()> {
         None => {
             log::debug!("the batch does not render as nft text: two transactions");
             nft::apply_text_to_kernel(&conditions)?.map_err(|stderr| rejected(&stderr))?;
-            nft::apply_to_kernel(&batch).map_err(ctx)
+            nft::apply_to_kernel(batch).map_err(ctx)
         }
     }
 }
