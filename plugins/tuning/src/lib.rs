@@ -50,7 +50,7 @@ impl Plugin for Tuning {
             .ok_or_else(|| Error::config("Required prevResult missing"))?;
         // The result must print in the config's version: find out before changing anything.
         result.to_json(args.version)?;
-        let netns = NetNs::open(&args.netns)?;
+        let netns = NetNs::open_container(&args.netns)?;
         let me = Attachment::of(args)?;
         netns.run(|| apply(&settings, &me))?;
         reflect_in_result(&mut result, &args.ifname, &settings);
@@ -66,7 +66,7 @@ impl Plugin for Tuning {
         let settings = config::load(args)?;
         args.prev_result()?
             .ok_or_else(|| Error::config("Required prevResult missing"))?;
-        let netns = NetNs::open(&args.netns)?;
+        let netns = NetNs::open_container(&args.netns)?;
         netns.run(|| check(&settings, &args.ifname))
     }
 
