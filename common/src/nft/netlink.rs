@@ -455,8 +455,30 @@ pub fn chain_rules_in_kernel(
     table: &str,
     chain: &str,
 ) -> Result<Option<Vec<KernelRule>>> {
-    let what = format!("{family} {table} {chain}");
+    chain_rules(&mut NfSocket::open("nftables")?, family, table, chain)
+}
+
+/// Kernel: [`chain_rules_in_kernel`] for the chain of that name in each of `families`, over
+/// one socket.
+pub fn chains_rules_in_kernel(
+    families: &[Family],
+    table: &str,
+    chain: &str,
+) -> Result<Vec<Option<Vec<KernelRule>>>> {
     let mut nl = NfSocket::open("nftables")?;
+    families
+        .iter()
+        .map(|f| chain_rules(&mut nl, *f, table, chain))
+        .collect()
+}
+
+fn chain_rules(
+    nl: &mut NfSocket,
+    family: Family,
+    table: &str,
+    chain: &str,
+) -> Result<Option<Vec<KernelRule>>> {
+    let what = format!("{family} {table} {chain}");
     let mut req = Vec::new();
     let mut a = Vec::new();
     put_str(&mut a, NFTA_CHAIN_TABLE, table);
@@ -496,7 +518,7 @@ pub fn chain_rules_in_kernel(
         return Ok(None);
     }
 
-    Ok(dump_rules(&mut nl, family, table, Some(chain))?
+    Ok(dump_rules(nl, family, table, Some(chain))?
         .map(|rules| rules.into_iter().map(|(_, r)| r).collect()))
 }
 

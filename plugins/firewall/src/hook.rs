@@ -20,7 +20,7 @@
 
 use common::error::Result;
 use common::nft::Family;
-use common::nft::netlink::{KernelRule, NFTA_DATA_VALUE, chain_rules_in_kernel, expr_attr};
+use common::nft::netlink::{KernelRule, NFTA_DATA_VALUE, chains_rules_in_kernel, expr_attr};
 use serde_json::{Value, json};
 
 use crate::rules::FORWARD_MARK;
@@ -112,18 +112,23 @@ pub fn state_of_rules(rules: Option<&[KernelRule]>) -> HookState {
 }
 
 /// Kernel: reads `FAMILY filter FORWARD` over netlink (no `nft` process).
-pub fn state_in_kernel(family: Family) -> Result<HookState> {
-    let rules = chain_rules_in_kernel(family, IPTABLES_TABLE, IPTABLES_CHAIN)?;
-    Ok(state_of_rules(rules.as_deref()))
+/// Kernel: the state of each family's `FORWARD` chain, read over one netlink socket.
+pub fn states_in_kernel(families: &[Family]) -> Result<Vec<(Family, HookState)>> {
+    let rules = chains_rules_in_kernel(families, IPTABLES_TABLE, IPTABLES_CHAIN)?;
+    Ok(families
+        .iter()
+        .zip(rules)
+        .map(|(f, r)| (*f, state_of_rules(r.as_deref())))
+        .collect())
 }
 
 /// Kernel: the insert commands for the families whose `FORWARD` chain lacks the rule.
 pub fn missing_inserts(families: &[Family]) -> Result<Vec<Value>> {
     let mut cmds = Vec::new();
-    for f in families {
-        if state_in_kernel(*f)? == HookState::Missing {
+    for (f, state) in states_in_kernel(families)? {
+        if state == HookState::Missing {
             log::debug!("inserting the hand-off rule into {f} {IPTABLES_TABLE} {IPTABLES_CHAIN}");
-            cmds.push(insert_cmd(*f));
+            cmds.push(insert_cmd(f));
         }
     }
     Ok(cmds)

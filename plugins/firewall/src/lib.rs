@@ -229,8 +229,8 @@ impl Plugin for Firewall {
             None
         };
         let mut missing = rules::missing_in(&rules, inet.as_ref(), bridge.as_ref())?;
-        for f in rules.families() {
-            if hook::state_in_kernel(f)? == hook::HookState::Missing {
+        for (f, state) in hook::states_in_kernel(&rules.families())? {
+            if state == hook::HookState::Missing {
                 missing.push(format!(
                     "the hand-off rule in {f} {} {}",
                     hook::IPTABLES_TABLE,
