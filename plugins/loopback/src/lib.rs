@@ -49,13 +49,14 @@ impl Plugin for Loopback {
         let mut sock = RouteSocket::open_in(&netns)?;
         let lo = loopback_link(&mut sock)?;
         // Refuse a `lo` carrying other addresses before setting it up.
-        loopback_addresses(&mut sock, &lo)?;
+        let mut addrs = loopback_addresses(&mut sock, &lo)?;
         if !lo.up {
             sock.set_up(lo.index)
                 .map_err(|e| e.context(format!("setting {LOOPBACK} up in {}", args.netns)))?;
+            // Setting `lo` up is what gives it 127.0.0.1/8 and ::1/128: read them now.
+            addrs = loopback_addresses(&mut sock, &lo)?;
         }
-        // Setting `lo` up is what gives it 127.0.0.1/8 and ::1/128: read them now.
-        let (v4, v6) = loopback_addresses(&mut sock, &lo)?;
+        let (v4, v6) = addrs;
         if let Some(prev) = prev {
             return Ok(prev);
         }
