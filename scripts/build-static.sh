@@ -13,9 +13,9 @@
 # Resident memory: a plugin's is mostly the code pages it touches, and the kernel maps file
 # pages 64 KiB around each fault. So the binaries are non-PIE (no start-up relocation pass
 # over the tables of pointers) and, when the toolchain's lld is there (rustup's), linked with
-# the functions that the plugins run (scripts/hot-symbols.txt, from scripts/hot-symbols.sh)
-# placed together at the start of the code: 0.4-0.8 MiB less per call. HOT_SYMBOLS=FILE uses
-# another list, HOT_SYMBOLS=none none. Names carry a hash of the toolchain, the dependency
+# the functions that each plugin runs (scripts/hot-symbols/<binary>.txt, from
+# scripts/hot-symbols.sh) placed together at the start of its code. HOT_SYMBOLS=DIR uses
+# other lists, HOT_SYMBOLS=none none. Names carry a hash of the toolchain, the dependency
 # versions and the profile (`strip` included): the binaries are linked with their symbols like
 # scripts/hot-symbols.sh's and stripped afterwards (KEEP_SYMBOLS=1: not), and a name whose hash
 # no longer matches stands for its namesakes (scripts/link-hot.sh).
@@ -41,17 +41,17 @@ for b in "${BINARIES[@]}"; do bin_args+=(--bin "$b"); done
 dir=${CARGO_TARGET_DIR:-target}/$target/release
 flags="-C target-feature=+crt-static -C relocation-model=static"
 
-hot=${HOT_SYMBOLS:-scripts/hot-symbols.txt}
+hot=${HOT_SYMBOLS:-scripts/hot-symbols}
 gcc_ld=$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/gcc-ld
-if [ "$hot" != none ] && [ -f "$hot" ] && [ -x "$gcc_ld/ld.lld" ]; then
-  # The list is copied under its checksum so that a new list changes the flags and relinks.
-  # scripts/link-hot.sh matches it against the link's own symbols (see there).
-  sum=$(sha256sum "$hot" | cut -c1-16)
-  mkdir -p "$dir"
-  order=$(cd "$dir" && pwd)/hot-symbols-$sum.txt
-  cp "$hot" "$order"
-  export HOT_SYMBOLS_FILE=$order
-  flags="$flags -C linker=$PWD/scripts/link-hot.sh -C link-arg=-fuse-ld=lld -C link-arg=-B$gcc_ld"
+if [ "$hot" != none ] && [ -d "$hot" ] && [ -x "$gcc_ld/ld.lld" ]; then
+  # The lists are copied under their checksum and passed by that path in the flags, so that
+  # new lists relink. scripts/link-hot.sh matches them against the link's own symbols.
+  sum=$(cat "$hot"/*.txt | sha256sum | cut -c1-16)
+  order=$(mkdir -p "$dir" && cd "$dir" && pwd)/hot-symbols-$sum
+  mkdir -p "$order"
+  cp "$hot"/*.txt "$order"/
+  flags="$flags -C linker=$PWD/scripts/link-hot.sh -C link-arg=--hot-symbols=$order"
+  flags="$flags -C link-arg=-fuse-ld=lld -C link-arg=-B$gcc_ld"
 elif [ "$hot" != none ]; then
   echo "build-static.sh: no $hot or no lld in $gcc_ld: functions left in the linker's order" >&2
 fi

@@ -1,58 +1,95 @@
 #!/usr/bin/env bash
-# hot-symbols.sh -- regenerate scripts/hot-symbols.txt, the functions that the plugins run,
-# which scripts/build-static.sh places together at the start of the code (fewer code pages
-# touched per call, so less resident memory).
+# hot-symbols.sh -- regenerate scripts/hot-symbols/<binary>.txt: for each plugin, the functions
+# it runs, which scripts/build-static.sh places together at the start of that binary's code
+# (fewer code pages touched per call, so less resident memory: the kernel maps 64 KiB of a
+# cached file around each page fault).
 #
-#   sudo scripts/hot-symbols.sh [N]     (N containers of the six-plugin chain, default 3)
+#   sudo scripts/hot-symbols.sh [N]     (N containers of the six-plugin chain, default 2)
 #
-# Builds the static binaries unstripped (target/hot-symbols), runs VERSION of every plugin and
-# the six-plugin chain of ../shared/bench/chain-bench.sh (CHAIN_BENCH=path overrides: ADD,
-# cnitool CHECK, DEL) with every plugin under valgrind's callgrind, and writes the names of
-# the functions that ran: those of start-up first, then by how many calls ran them. Needs
-# root, valgrind, cnitool (scripts/install-deps.sh --interop). Symbol names carry a hash of
+# Builds the static binaries unstripped (target/hot-symbols), then runs every plugin natively
+# under gdb with a one-shot breakpoint on each of its functions (scripts/trace-functions.py):
+# VERSION of each, the six-plugin chain of ../shared/bench/chain-bench.sh (CHAIN_BENCH=path
+# overrides: ADD, cnitool CHECK, DEL, the network's first ADD included) and loopback's ADD,
+# CHECK and DEL in a scratch namespace. Natively, so that glibc's string functions are the
+# ones this CPU gets. Each list orders a binary's functions by how many of its calls ran them,
+# then by the commands that did (ADD before CHECK before DEL), then by when they first ran:
+# the code of every call first, then that of ADD, of DEL, and the rare paths last.
+# Needs root, gdb and cnitool (scripts/install-deps.sh --interop --bench). Symbol names carry a hash of
 # the toolchain and the dependency versions, not of the source, so rerun this after a
-# toolchain or Cargo.lock change (stale names only cost memory, they are skipped).
+# toolchain or Cargo.lock change, or after changing what a plugin runs (stale names only cost
+# memory: scripts/link-hot.sh skips them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${1:-3}
+N=${1:-2}
 CHAIN_BENCH=${CHAIN_BENCH:-../shared/bench/chain-bench.sh}
-PLUGINS=(bridge host-local portmap firewall tuning bandwidth)
+CHAIN=(bridge host-local portmap firewall tuning bandwidth)
+ALL=("${CHAIN[@]}" loopback)
 [ "$(id -u)" = 0 ] || { echo "hot-symbols.sh: run as root (the chain makes namespaces)" >&2; exit 1; }
-for c in valgrind cnitool; do
+for c in gdb cnitool ip; do
   command -v "$c" >/dev/null || { echo "hot-symbols.sh: needs $c" >&2; exit 1; }
 done
 [ -x "$CHAIN_BENCH" ] || { echo "hot-symbols.sh: no $CHAIN_BENCH" >&2; exit 1; }
 W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
+NS=hotsym-$$
+trap 'ip netns del "$NS" 2>/dev/null; rm -rf "$W"' EXIT
 
 dir=$(CARGO_TARGET_DIR=target/hot-symbols KEEP_SYMBOLS=1 HOT_SYMBOLS=none \
   scripts/build-static.sh --quiet | tail -1)
 dir=$(cd "$dir" && pwd)
+trace=$PWD/scripts/trace-functions.py
 mkdir -p "$W/shim" "$W/out"
-for p in "${PLUGINS[@]}"; do
-  # One callgrind file per call: <plugin>-<command>-<pid>.
-  printf '#!/bin/sh\nexec valgrind -q --tool=callgrind --demangle=no --log-file=/dev/null --callgrind-out-file=%s/%s-"$CNI_COMMAND"-%%p %s "$@"\n' \
-    "$W/out" "$p" "$dir/$p" >"$W/shim/$p"
+for p in "${ALL[@]}"; do
+  nm --defined-only "$dir/$p" | awk '$2 ~ /^[tTWi]$/ { print $1, $3 }' >"$W/$p.funcs"
+  # The shim keeps the plugin's stdout clean of gdb's messages and passes on its exit code.
+  # Trace files: <plugin>-<command>-<pid>.
+  cat >"$W/shim/$p" <<EOF
+#!/bin/sh
+in=\$(mktemp) out=\$(mktemp)
+cat >"\$in"
+gdb -q -batch -ex "python FUNCS='$W/$p.funcs'; OUT='$W/out/$p-\$CNI_COMMAND-\$\$'" \\
+  -x '$trace' -ex "run <\$in >\$out" -ex 'quit \$_exitcode' --args '$dir/$p' >/dev/null 2>&1
+rc=\$?
+cat "\$out"; rm -f "\$in" "\$out"
+exit \$rc
+EOF
   chmod +x "$W/shim/$p"
   CNI_COMMAND=VERSION "$W/shim/$p" </dev/null >/dev/null
 done
+
 CHECK=0 CNICHECK=1 TAG=hot-symbols "$CHAIN_BENCH" "$W/shim" "$N" 1 >"$W/chain.log" 2>&1 || {
   cat "$W/chain.log" >&2
-  echo "hot-symbols.sh: the chain failed; list not written" >&2
+  echo "hot-symbols.sh: the chain failed; lists not written" >&2
   exit 1
 }
+ip netns add "$NS"
+for cmd in ADD CHECK DEL; do
+  echo '{"cniVersion":"1.1.0","name":"hot-symbols","type":"loopback"}' |
+    CNI_COMMAND=$cmd CNI_CONTAINERID=hot-symbols CNI_NETNS=/run/netns/$NS CNI_IFNAME=lo \
+      CNI_PATH="$W/shim" "$W/shim/loopback" >/dev/null ||
+    { echo "hot-symbols.sh: loopback $cmd failed; lists not written" >&2; exit 1; }
+done
 
-# callgrind names a function once as "fn=(id) name" (or cfn=), then by "(id)" alone.
-awk '
-  FNR == 1 { file++; delete ids; startup = (FILENAME ~ /-VERSION-/) }
-  /^c?fn=/ {
-    s = $0; sub(/^c?fn=/, "", s); id = ""
-    if (s ~ /^\([0-9]+\)/) { id = s; sub(/\).*/, ")", id); s = substr(s, length(id) + 1); sub(/^ /, "", s) }
-    if (s == "") s = ids[id]; else if (id != "") ids[id] = s
-    if (s !~ /^[A-Za-z_.$][A-Za-z0-9_.$]*$/ || seen[file, s]++) next
-    calls[s]++; if (startup) first[s] = 1
-  }
-  END { for (s in calls) printf "%d %d %s\n", (s in first) ? 0 : 1, -calls[s], s }
-' "$W"/out/* | sort -k1,1n -k2,2n -k3,3 | cut -d' ' -f3 >scripts/hot-symbols.txt
-echo "hot-symbols.sh: $(wc -l <scripts/hot-symbols.txt) functions in scripts/hot-symbols.txt;" \
+mkdir -p scripts/hot-symbols
+rm -f scripts/hot-symbols/*.txt
+for p in "${ALL[@]}"; do
+  # key: calls that ran the function (descending), the commands that did, first line seen.
+  awk '
+    FNR == 1 { n = split(FILENAME, parts, "-"); cmd = parts[n - 1] }
+    {
+      calls[$0]++; ran[$0, cmd] = 1
+      if (!($0 in first) || FNR < first[$0]) first[$0] = FNR
+    }
+    END {
+      for (f in calls) {
+        sig = ""
+        for (i = 1; i <= 6; i++) {
+          c = substr("ADD   CHECK DEL   GC    STATUSVERSION", 6 * i - 5, 6); sub(/ +$/, "", c)
+          if ((f, c) in ran) sig = sig c "+"
+        }
+        printf "%06d %s %06d %s\n", 999999 - calls[f], sig, first[f], f
+      }
+    }' "$W/out/$p"-* | sort | cut -d' ' -f4 >"scripts/hot-symbols/$p.txt"
+done
+echo "hot-symbols.sh: functions per binary in scripts/hot-symbols/:" \
+  "$(cd scripts/hot-symbols && wc -l *.txt | sed '$d' | awk '{ printf "%s%s %s", s, $2, $1; s = ", " }');" \
   "rebuild with scripts/build-static.sh"

@@ -8,7 +8,8 @@
 #   --interop: the reference plugins (containernetworking-plugins, /usr/lib/cni) and
 #              libcni's cnitool, built from Debian's source package of libcni
 #   --bench:   what bench/compare.sh needs besides --interop: gnuplot (gnuplot-nox, the PNG plot),
-#              time (/usr/bin/time, peak memory), busybox-static and curl (chain-bench's checks)
+#              time (/usr/bin/time, peak memory), busybox-static and curl (chain-bench's checks);
+#              and gdb for scripts/hot-symbols.sh
 set -euo pipefail
 
 interop=0
@@ -29,7 +30,7 @@ installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" = "in
 
 pkgs=(nftables iproute2 iputils-ping netcat-openbsd jq ca-certificates iptables procps)
 [ "$interop" = 1 ] && pkgs+=(containernetworking-plugins golang-go golang-github-appc-cni-dev dpkg-dev xz-utils)
-[ "$bench" = 1 ] && pkgs+=(gnuplot-nox time busybox-static curl)
+[ "$bench" = 1 ] && pkgs+=(gnuplot-nox time busybox-static curl gdb)
 
 # libcni's cnitool is not in a binary package; its source package is, which needs deb-src.
 srclist=/etc/apt/sources.list.d/cni-rs-debsrc.sources

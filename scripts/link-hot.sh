@@ -1,17 +1,29 @@
 #!/usr/bin/env bash
 # link-hot.sh -- linker wrapper of scripts/build-static.sh: links with `cc`, placing the
-# functions named in $HOT_SYMBOLS_FILE first (lld's --symbol-ordering-file). Rust names end in
-# a hash of the toolchain and the dependency versions ("17h<16 hex>E"); a listed name missing
-# from this link's objects stands for every symbol of the same name without the hash, so a
-# list made before a toolchain or Cargo.lock change still works.
+# functions named in DIR/<binary>.txt first (lld's --symbol-ordering-file; DIR comes as the
+# wrapper's own argument --hot-symbols=DIR); a binary with no list there is linked in the
+# linker's order. Rust names end in a hash of the
+# toolchain and the dependency versions ("17h<16 hex>E"); a listed name missing from this
+# link's objects stands for every symbol of the same name without the hash, so a list made
+# before a toolchain or Cargo.lock change still works.
 set -euo pipefail
-list=${HOT_SYMBOLS_FILE:?}
+dir= out= prev= objs=() args=()
+for a in "$@"; do
+  [ "$prev" = -o ] && out=$a
+  case $a in
+    --hot-symbols=*) dir=${a#--hot-symbols=}; prev=$a; continue ;;
+    *.o) [ -f "$a" ] && objs+=("$a") ;;
+  esac
+  args+=("$a")
+  prev=$a
+done
+set -- "${args[@]}"
+# cargo links deps/<binary>-<metadata hash>, with "-" in the binary's name turned into "_"
+name=$(basename "$out"); name=${name%-*}; name=${name//_/-}
+list=$dir/$name.txt
+[ -n "$dir" ] && [ -n "$out" ] && [ -f "$list" ] || exec cc "$@"
 order=$(mktemp)
 trap 'rm -f "$order"' EXIT
-objs=()
-for a in "$@"; do
-  case $a in *.o) [ -f "$a" ] && objs+=("$a") ;; esac
-done
 { [ ${#objs[@]} -eq 0 ] || nm --defined-only "${objs[@]}" 2>/dev/null; } |
   awk -v list="$list" '
     NF >= 3 { have[$3] = 1; k = $3; sub(/17h[0-9a-f]+E$/, "", k); if (k != $3) alias[k] = alias[k] " " $3 }

@@ -1,13 +1,15 @@
 //! Links: lookups, dumps, creating bridges and veth pairs, link settings, bridge port flags
 //! and bridge VLANs.
 
+use super::socket::NLMSG_HDRLEN;
 use super::{Link, Mac, RouteSocket, VethSpec};
 use crate::error::{Error, Result};
+use crate::nfnetlink;
 use netlink_packet_core::{DefaultNla, NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::link::{
     AfSpecBridge, BridgeFlag, BridgeStpState, BridgeVlanInfo, BridgeVlanInfoFlags, InfoBridge,
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoVeth, LinkAttribute, LinkExtentMask,
-    LinkFlags, LinkInfo, LinkMessage, LinkProtoInfoBridge, State,
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
+    LinkProtoInfoBridge,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use std::os::fd::{AsFd, AsRawFd};
@@ -31,7 +33,108 @@ fn bridge_msg(index: u32) -> LinkMessage {
     msg
 }
 
-fn link_from_msg(msg: &LinkMessage) -> Link {
+/// `struct ifinfomsg`'s size, and the offsets of its index and flags.
+const IFINFOMSG_LEN: usize = 16;
+/// The `IFLA_*` attributes [`link_from_reply`] reads.
+const IFLA_ADDRESS: u16 = 1;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_MTU: u16 = 4;
+const IFLA_LINK: u16 = 5;
+const IFLA_MASTER: u16 = 10;
+const IFLA_TXQLEN: u16 = 13;
+const IFLA_OPERSTATE: u16 = 16;
+const IFLA_IFALIAS: u16 = 20;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_LINK_NETNSID: u16 = 37;
+const IFLA_MIN_MTU: u16 = 50;
+const IFLA_MAX_MTU: u16 = 51;
+/// In `IFLA_LINKINFO`.
+const IFLA_INFO_KIND: u16 = 1;
+const IFLA_INFO_SLAVE_KIND: u16 = 4;
+const IFLA_INFO_SLAVE_DATA: u16 = 5;
+/// `IF_OPER_UP`.
+const OPER_UP: u8 = 6;
+
+fn u32_of(v: &[u8]) -> Option<u32> {
+    Some(u32::from_ne_bytes(v.get(0..4)?.try_into().ok()?))
+}
+
+/// An `RTM_NEWLINK` reply (header included) read directly: the few attributes a [`Link`]
+/// holds, where a full decode parses every attribute of every link kind (statistics, AF
+/// specifics, XDP...) into owned values: more code run and more memory per call.
+fn link_from_reply(raw: &[u8]) -> std::result::Result<Link, String> {
+    let body = raw
+        .get(NLMSG_HDRLEN..)
+        .filter(|b| b.len() >= IFINFOMSG_LEN)
+        .ok_or_else(|| format!("link message of {} bytes", raw.len()))?;
+    let index = u32_of(&body[4..8]).unwrap_or(0);
+    let flags = u32_of(&body[8..12]).unwrap_or(0);
+    let flag = |f: LinkFlags| flags & f.bits() != 0;
+    let mut link = Link {
+        index,
+        name: String::new(),
+        kind: None,
+        mac: None,
+        mtu: 0,
+        master: None,
+        up: flag(LinkFlags::Up),
+        oper_up: false,
+        promisc: flag(LinkFlags::Promisc),
+        allmulti: flag(LinkFlags::Allmulti),
+        txqlen: 0,
+        min_mtu: None,
+        max_mtu: None,
+        link_index: None,
+        link_netnsid: None,
+        alias: None,
+    };
+    for (kind, value) in nfnetlink::attrs(&body[IFINFOMSG_LEN..]) {
+        match kind {
+            IFLA_IFNAME => link.name = nfnetlink::as_str(value).unwrap_or_default().to_string(),
+            IFLA_ADDRESS => link.mac = <Mac>::try_from(value).ok(),
+            IFLA_MTU => link.mtu = u32_of(value).unwrap_or(0),
+            IFLA_TXQLEN => link.txqlen = u32_of(value).unwrap_or(0),
+            IFLA_MIN_MTU => link.min_mtu = u32_of(value),
+            IFLA_MAX_MTU => link.max_mtu = u32_of(value),
+            IFLA_MASTER => link.master = u32_of(value),
+            IFLA_OPERSTATE => link.oper_up = value.first() == Some(&OPER_UP),
+            IFLA_LINK => link.link_index = u32_of(value),
+            IFLA_LINK_NETNSID => link.link_netnsid = u32_of(value).map(|v| v as i32),
+            IFLA_IFALIAS => {
+                link.alias = nfnetlink::as_str(value)
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_string);
+            }
+            IFLA_LINKINFO => {
+                link.kind = nfnetlink::find(value, IFLA_INFO_KIND)
+                    .and_then(nfnetlink::as_str)
+                    .map(str::to_string);
+            }
+            _ => {}
+        }
+    }
+    Ok(link)
+}
+
+/// (hairpin, isolated) of a bridge port from its `RTM_NEWLINK` reply; None when the link
+/// is no bridge port.
+fn bridge_port_flags_from_reply(raw: &[u8]) -> Option<(bool, bool)> {
+    let body = raw.get(NLMSG_HDRLEN + IFINFOMSG_LEN..)?;
+    let info = nfnetlink::find(body, IFLA_LINKINFO)?;
+    let kind = nfnetlink::find(info, IFLA_INFO_SLAVE_KIND).and_then(nfnetlink::as_str);
+    if kind != Some("bridge") {
+        return None;
+    }
+    let port = nfnetlink::find(info, IFLA_INFO_SLAVE_DATA)?;
+    let on = |k: u16| nfnetlink::find(port, k).and_then(|v| v.first()) == Some(&1);
+    Some((on(IFLA_BRPORT_MODE), on(IFLA_BRPORT_ISOLATED)))
+}
+
+/// The same as [`link_from_reply`] through netlink-packet-route's decoder: the reference
+/// the tests hold it to.
+#[cfg(test)]
+pub(super) fn link_from_msg(msg: &LinkMessage) -> Link {
+    use netlink_packet_route::link::State;
     let mut link = Link {
         index: msg.header.index,
         name: String::new(),
@@ -48,6 +151,7 @@ fn link_from_msg(msg: &LinkMessage) -> Link {
         max_mtu: None,
         link_index: None,
         link_netnsid: None,
+        alias: None,
     };
     for attr in &msg.attributes {
         match attr {
@@ -61,6 +165,7 @@ fn link_from_msg(msg: &LinkMessage) -> Link {
             LinkAttribute::OperState(s) => link.oper_up = *s == State::Up,
             LinkAttribute::Link(l) => link.link_index = Some(*l),
             LinkAttribute::LinkNetNsId(id) => link.link_netnsid = Some(*id),
+            LinkAttribute::IfAlias(a) if !a.is_empty() => link.alias = Some(a.clone()),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     if let LinkInfo::Kind(kind) = info {
@@ -74,15 +179,13 @@ fn link_from_msg(msg: &LinkMessage) -> Link {
     link
 }
 
-/// The bridge port attributes (`IFLA_INFO_SLAVE_DATA`) of a link message, if it is a port.
-fn bridge_port_data(msg: &LinkMessage) -> Option<&[InfoBridgePort]> {
-    msg.attributes.iter().find_map(|attr| match attr {
-        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|info| match info {
-            LinkInfo::PortData(InfoPortData::BridgePort(port)) => Some(port.as_slice()),
-            _ => None,
-        }),
-        _ => None,
-    })
+/// The dump request of [`RouteSocket::links`], for tests decoding its replies otherwise.
+#[cfg(test)]
+pub(super) fn link_request_for_test() -> RouteNetlinkMessage {
+    let mut msg = link_msg(0);
+    msg.attributes
+        .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+    RouteNetlinkMessage::GetLink(msg)
 }
 
 fn not_found(op: &str, what: impl std::fmt::Display) -> Error {
@@ -90,57 +193,58 @@ fn not_found(op: &str, what: impl std::fmt::Display) -> Error {
 }
 
 impl RouteSocket {
-    /// The raw RTM_GETLINK reply for a link, None when the kernel says it does not exist.
-    fn get_link_msg(&mut self, msg: LinkMessage, op: &str) -> Result<Option<LinkMessage>> {
-        match self.nl.get(RouteNetlinkMessage::GetLink(msg), op) {
-            Ok(RouteNetlinkMessage::NewLink(m)) => Ok(Some(m)),
-            Ok(other) => Err(Error::internal(format!(
-                "netlink {op}: unexpected reply {other:?}"
-            ))),
+    /// The RTM_GETLINK reply for a link (undecoded), None when the kernel says it does not
+    /// exist.
+    fn get_link_reply(&mut self, msg: LinkMessage, op: &str) -> Result<Option<Vec<u8>>> {
+        match self.nl.get_raw(RouteNetlinkMessage::GetLink(msg), op) {
+            Ok(raw) => Ok(Some(raw)),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    fn link_msg_by_index(&mut self, index: u32) -> Result<Option<LinkMessage>> {
+    fn link_reply_by_index(&mut self, index: u32) -> Result<Option<Vec<u8>>> {
         if index == 0 {
             return Ok(None);
         }
         let mut msg = link_msg(index);
         msg.attributes
             .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
-        self.get_link_msg(msg, "get link")
+        self.get_link_reply(msg, "get link")
+    }
+
+    fn decode_link(raw: Option<Vec<u8>>, op: &str) -> Result<Option<Link>> {
+        raw.map(|raw| {
+            link_from_reply(&raw)
+                .map_err(|e| Error::internal(format!("netlink {op}: cannot decode reply: {e}")))
+        })
+        .transpose()
     }
 
     pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>> {
+        let op = format!("get link {name}");
         let mut msg = link_msg(0);
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
         msg.attributes
             .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
-        Ok(self
-            .get_link_msg(msg, &format!("get link {name}"))?
-            .as_ref()
-            .map(link_from_msg))
+        let raw = self.get_link_reply(msg, &op)?;
+        Self::decode_link(raw, &op)
     }
 
     pub fn link_by_index(&mut self, index: u32) -> Result<Option<Link>> {
-        Ok(self.link_msg_by_index(index)?.as_ref().map(link_from_msg))
+        let raw = self.link_reply_by_index(index)?;
+        Self::decode_link(raw, "get link")
     }
 
     pub fn links(&mut self) -> Result<Vec<Link>> {
         let mut msg = link_msg(0);
         msg.attributes
             .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
-        let out = self
-            .nl
-            .dump(RouteNetlinkMessage::GetLink(msg), "dump links")?;
-        Ok(out
-            .iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(link_from_msg(l)),
-                _ => None,
-            })
-            .collect())
+        self.nl.dump_with(
+            RouteNetlinkMessage::GetLink(msg),
+            "dump links",
+            &mut link_from_reply,
+        )
     }
 
     /// Creates a bridge (NLM_F_EXCL: an existing one is an EEXIST error). STP stays off.
@@ -285,20 +389,11 @@ impl RouteSocket {
     /// Reads (hairpin, isolated) of a bridge port.
     pub fn bridge_port_flags(&mut self, index: u32) -> Result<(bool, bool)> {
         let op = "get bridge port";
-        let msg = self
-            .link_msg_by_index(index)?
+        let raw = self
+            .link_reply_by_index(index)?
             .ok_or_else(|| not_found(op, format!("link {index}")))?;
-        let port = bridge_port_data(&msg)
-            .ok_or_else(|| Error::internal(format!("{op}: link {index} is not a bridge port")))?;
-        let mut flags = (false, false);
-        for attr in port {
-            match attr {
-                InfoBridgePort::HairpinMode(on) => flags.0 = *on,
-                InfoBridgePort::Isolated(on) => flags.1 = *on,
-                _ => {}
-            }
-        }
-        Ok(flags)
+        bridge_port_flags_from_reply(&raw)
+            .ok_or_else(|| Error::internal(format!("{op}: link {index} is not a bridge port")))
     }
 
     /// The AF_SPEC flags that route a bridge VLAN request: `self` for the bridge device

@@ -67,6 +67,8 @@ pub struct Link {
     pub link_index: Option<u32>,
     /// IFLA_LINK_NETNSID: set when the peer lives in another namespace.
     pub link_netnsid: Option<i32>,
+    /// IFLA_IFALIAS, when set and not empty.
+    pub alias: Option<String>,
 }
 
 /// An address on a link.

@@ -18,7 +18,7 @@ use std::time::Instant;
 /// larger datagram is still read whole (the buffer grows after a peek).
 const RECV_BUF: usize = 32 * 1024;
 /// `sizeof(struct nlmsghdr)`.
-const NLMSG_HDRLEN: usize = 16;
+pub(crate) const NLMSG_HDRLEN: usize = 16;
 /// Error message TLVs follow the echoed request (`NLM_F_ACK_TLVS`).
 const NLM_F_ACK_TLVS: u16 = 0x200;
 /// Only the request's header was echoed (`NLM_F_CAPPED`).
@@ -27,6 +27,42 @@ const NLM_F_CAPPED: u16 = 0x100;
 const NLMSGERR_ATTR_MSG: u16 = 1;
 /// How many times a dump that the kernel flagged `NLM_F_DUMP_INTR` is tried.
 const DUMP_ATTEMPTS: usize = 3;
+/// The control message types (`NLMSG_*`).
+const NLMSG_NOOP: u16 = 1;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLMSG_OVERRUN: u16 = 4;
+
+/// The fields of a `struct nlmsghdr` that the reply walk reads.
+struct RawHeader {
+    len: u32,
+    kind: u16,
+    flags: u16,
+    seq: u32,
+}
+
+impl RawHeader {
+    /// From the first 16 bytes of `msg` (zeros where it is shorter: a length of 0 is then
+    /// refused as malformed).
+    fn read(msg: &[u8]) -> RawHeader {
+        let u16_at = |i: usize| {
+            msg.get(i..i + 2)
+                .and_then(|b| <[u8; 2]>::try_from(b).ok())
+                .map_or(0, u16::from_ne_bytes)
+        };
+        let u32_at = |i: usize| {
+            msg.get(i..i + 4)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map_or(0, u32::from_ne_bytes)
+        };
+        RawHeader {
+            len: u32_at(0),
+            kind: u16_at(4),
+            flags: u16_at(6),
+            seq: u32_at(8),
+        }
+    }
+}
 
 use crate::nfnetlink::align4;
 
@@ -183,15 +219,19 @@ impl NlSocket {
         recv_whole(&self.sock, &mut self.buf, 0).map_err(|e| io_err(op, e))
     }
 
-    /// Sends a request and collects what it expects back. The bool is true when a dump was
-    /// interrupted by a concurrent change (`NLM_F_DUMP_INTR`).
-    fn exchange(
+    /// Sends a request and collects what it expects back, each reply message (header
+    /// included) turned into a `T` by `decode`. The bool is true when a dump was interrupted
+    /// by a concurrent change (`NLM_F_DUMP_INTR`). The control messages (ack, error, done)
+    /// are read from their headers here, so a caller can decode its replies with a parser of
+    /// its own (see [`NlSocket::get_raw`]).
+    fn exchange_with<T>(
         &mut self,
         msg: RouteNetlinkMessage,
         flags: u16,
         reply: Reply,
         op: &str,
-    ) -> Result<(Vec<RouteNetlinkMessage>, bool)> {
+        decode: &mut dyn FnMut(&[u8]) -> std::result::Result<T, String>,
+    ) -> Result<(Vec<T>, bool)> {
         let seq = self.send(msg, flags, op)?;
         let mut out = Vec::new();
         let mut interrupted = false;
@@ -202,11 +242,8 @@ impl NlSocket {
                 let Some(rest) = self.buf.get(off..n) else {
                     break;
                 };
-                let len = rest
-                    .get(0..4)
-                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                    .map(|b| u32::from_ne_bytes(b) as usize)
-                    .unwrap_or(0);
+                let header = RawHeader::read(rest);
+                let len = header.len as usize;
                 if len < NLMSG_HDRLEN || len > rest.len() {
                     return Err(Error::internal(format!(
                         "netlink {op}: malformed reply (message length {len})"
@@ -216,61 +253,119 @@ impl NlSocket {
                 let Some(raw) = rest.get(..len) else {
                     break;
                 };
-                let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw);
-                let msg = match parsed {
-                    Ok(m) => m,
-                    Err(e) => {
-                        let msg_seq = raw
-                            .get(8..12)
-                            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                            .map(u32::from_ne_bytes);
-                        if msg_seq == Some(seq) && reply != Reply::Dump {
+                if header.seq != seq {
+                    // A late reply to an earlier request, or a notification (seq 0).
+                    log::debug!(
+                        "netlink {op}: skipping message with sequence {} (want {seq})",
+                        header.seq
+                    );
+                    continue;
+                }
+                if header.flags & NLM_F_DUMP_INTR != 0 {
+                    interrupted = true;
+                }
+                let payload = raw.get(NLMSG_HDRLEN..).unwrap_or_default();
+                // NLMSG_ERROR and NLMSG_DONE start with an i32 code; an ack is error 0.
+                let code = payload
+                    .get(0..4)
+                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                    .map(i32::from_ne_bytes);
+                let after_code = payload.get(4..).unwrap_or_default();
+                match header.kind {
+                    NLMSG_NOOP => {}
+                    NLMSG_ERROR => match code {
+                        Some(0) => return Ok((out, interrupted)),
+                        Some(code) => {
+                            return Err(nack(op, code, header.flags, after_code, true));
+                        }
+                        None => {
+                            return Err(Error::internal(format!(
+                                "netlink {op}: malformed error reply"
+                            )));
+                        }
+                    },
+                    NLMSG_DONE => match code {
+                        Some(code) if code != 0 => {
+                            return Err(nack(op, code, header.flags, after_code, false));
+                        }
+                        _ => return Ok((out, interrupted)),
+                    },
+                    NLMSG_OVERRUN => {
+                        return Err(Error::internal(format!("netlink {op}: overrun")));
+                    }
+                    _ => match decode(raw) {
+                        Ok(m) => {
+                            out.push(m);
+                            if reply == Reply::One {
+                                return Ok((out, interrupted));
+                            }
+                        }
+                        Err(e) if reply != Reply::Dump => {
                             return Err(Error::internal(format!(
                                 "netlink {op}: cannot decode reply: {e}"
                             )));
                         }
-                        log::warn!("netlink {op}: skipping a message that does not decode: {e}");
-                        continue;
-                    }
-                };
-                if msg.header.sequence_number != seq {
-                    // A late reply to an earlier request, or a notification (seq 0).
-                    log::debug!(
-                        "netlink {op}: skipping message with sequence {} (want {seq})",
-                        msg.header.sequence_number
-                    );
-                    continue;
-                }
-                if msg.header.flags & NLM_F_DUMP_INTR != 0 {
-                    interrupted = true;
-                }
-                let outer_flags = msg.header.flags;
-                match msg.payload {
-                    NetlinkPayload::Error(e) => match e.code {
-                        Some(code) => {
-                            return Err(nack(op, code.get(), outer_flags, &e.header, true));
+                        Err(e) => {
+                            log::warn!(
+                                "netlink {op}: skipping a message that does not decode: {e}"
+                            );
                         }
-                        None => return Ok((out, interrupted)),
                     },
-                    NetlinkPayload::Done(d) => {
-                        if d.code != 0 {
-                            return Err(nack(op, d.code, outer_flags, &d.extended_ack, false));
-                        }
-                        return Ok((out, interrupted));
-                    }
-                    NetlinkPayload::InnerMessage(m) => {
-                        out.push(m);
-                        if reply == Reply::One {
-                            return Ok((out, interrupted));
-                        }
-                    }
-                    NetlinkPayload::Overrun(_) => {
-                        return Err(Error::internal(format!("netlink {op}: overrun")));
-                    }
-                    _ => {}
                 }
             }
         }
+    }
+
+    /// [`NlSocket::exchange_with`] decoding replies with netlink-packet-route.
+    fn exchange(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+        reply: Reply,
+        op: &str,
+    ) -> Result<(Vec<RouteNetlinkMessage>, bool)> {
+        self.exchange_with(msg, flags, reply, op, &mut |raw| match NetlinkMessage::<
+            RouteNetlinkMessage,
+        >::deserialize(raw)
+        {
+            Ok(NetlinkMessage {
+                payload: NetlinkPayload::InnerMessage(m),
+                ..
+            }) => Ok(m),
+            Ok(other) => Err(format!("unexpected message {:?}", other.header)),
+            Err(e) => Err(e.to_string()),
+        })
+    }
+
+    /// A `GET` of one object, its reply left undecoded (header included); the kernel's
+    /// ENODEV/ENOENT come back as errors.
+    pub(crate) fn get_raw(&mut self, msg: RouteNetlinkMessage, op: &str) -> Result<Vec<u8>> {
+        let (mut out, _) =
+            self.exchange_with(msg, 0, Reply::One, op, &mut |raw| Ok(raw.to_vec()))?;
+        out.pop()
+            .ok_or_else(|| Error::internal(format!("netlink {op}: empty reply")))
+    }
+
+    /// A dump whose messages `decode` turns into `T` (a message it refuses is skipped),
+    /// retried when the kernel says a concurrent change interrupted it.
+    pub(crate) fn dump_with<T>(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        op: &str,
+        decode: &mut dyn FnMut(&[u8]) -> std::result::Result<T, String>,
+    ) -> Result<Vec<T>> {
+        let mut last = Vec::new();
+        for attempt in 1..=DUMP_ATTEMPTS {
+            let (out, interrupted) =
+                self.exchange_with(msg.clone(), NLM_F_DUMP, Reply::Dump, op, decode)?;
+            if !interrupted {
+                return Ok(out);
+            }
+            log::debug!("netlink {op}: dump interrupted (attempt {attempt}), retrying");
+            last = out;
+        }
+        log::warn!("netlink {op}: dump still interrupted after {DUMP_ATTEMPTS} attempts");
+        Ok(last)
     }
 
     /// A mutation: `NLM_F_ACK | flags`, then the ack checked.
@@ -284,34 +379,24 @@ impl NlSocket {
             .map(|_| ())
     }
 
-    /// A `GET` of one object; the kernel's ENODEV/ENOENT come back as errors.
-    pub(crate) fn get(
-        &mut self,
-        msg: RouteNetlinkMessage,
-        op: &str,
-    ) -> Result<RouteNetlinkMessage> {
-        let (mut out, _) = self.exchange(msg, 0, Reply::One, op)?;
-        out.pop()
-            .ok_or_else(|| Error::internal(format!("netlink {op}: empty reply")))
-    }
-
     /// A dump, retried when the kernel says a concurrent change interrupted it.
     pub(crate) fn dump(
         &mut self,
         msg: RouteNetlinkMessage,
         op: &str,
     ) -> Result<Vec<RouteNetlinkMessage>> {
-        let mut last = Vec::new();
-        for attempt in 1..=DUMP_ATTEMPTS {
-            let (out, interrupted) = self.exchange(msg.clone(), NLM_F_DUMP, Reply::Dump, op)?;
-            if !interrupted {
-                return Ok(out);
-            }
-            log::debug!("netlink {op}: dump interrupted (attempt {attempt}), retrying");
-            last = out;
-        }
-        log::warn!("netlink {op}: dump still interrupted after {DUMP_ATTEMPTS} attempts");
-        Ok(last)
+        self.dump_with(
+            msg,
+            op,
+            &mut |raw| match NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw) {
+                Ok(NetlinkMessage {
+                    payload: NetlinkPayload::InnerMessage(m),
+                    ..
+                }) => Ok(m),
+                Ok(other) => Err(format!("unexpected message {:?}", other.header)),
+                Err(e) => Err(e.to_string()),
+            },
+        )
     }
 }
 

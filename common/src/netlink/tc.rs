@@ -10,9 +10,7 @@ use super::RouteSocket;
 use crate::error::{Error, Result};
 use netlink_packet_core::{DefaultNla, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, Nla, NlasIterator};
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::link::{
-    InfoKind, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
-};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::tc::{
     TcAction, TcActionAttribute, TcActionGeneric, TcActionMirrorOption, TcActionOption,
     TcActionType, TcAttribute, TcFilterU32Option, TcHandle, TcMessage, TcMirror,
@@ -372,33 +370,19 @@ fn redirect_target(actions: &[TcAction]) -> Option<u32> {
     })
 }
 
-fn ifb_from_msg(msg: &LinkMessage) -> Option<IfbLink> {
-    let mut link = IfbLink {
-        index: msg.header.index,
-        name: String::new(),
-        mtu: 0,
-        txqlen: 0,
-        up: msg.header.flags.contains(LinkFlags::Up),
-        mac: None,
-        alias: None,
-    };
-    let mut is_ifb = false;
-    for attr in &msg.attributes {
-        match attr {
-            LinkAttribute::IfName(n) => link.name = n.clone(),
-            LinkAttribute::Mtu(m) => link.mtu = *m,
-            LinkAttribute::TxQueueLen(q) => link.txqlen = *q,
-            LinkAttribute::Address(a) => link.mac = <super::Mac>::try_from(a.as_slice()).ok(),
-            LinkAttribute::IfAlias(a) if !a.is_empty() => link.alias = Some(a.clone()),
-            LinkAttribute::LinkInfo(infos) => {
-                is_ifb = infos
-                    .iter()
-                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Ifb)));
-            }
-            _ => {}
-        }
+impl IfbLink {
+    /// `link` as an ifb device; None when it is another kind of device.
+    fn of(link: super::Link) -> Option<IfbLink> {
+        (link.kind.as_deref() == Some("ifb")).then_some(IfbLink {
+            index: link.index,
+            name: link.name,
+            mtu: link.mtu,
+            txqlen: link.txqlen,
+            up: link.up,
+            mac: link.mac,
+            alias: link.alias,
+        })
     }
-    is_ifb.then_some(link)
 }
 
 impl RouteSocket {
@@ -627,38 +611,12 @@ impl RouteSocket {
 
     /// The ifb device `name`; None when there is no device of that name or it is not an ifb.
     pub fn ifb_by_name(&mut self, name: &str) -> Result<Option<IfbLink>> {
-        let mut msg = LinkMessage::default();
-        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        msg.attributes
-            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
-        match self.nl.get(
-            RouteNetlinkMessage::GetLink(msg),
-            &format!("get link {name}"),
-        ) {
-            Ok(RouteNetlinkMessage::NewLink(m)) => Ok(ifb_from_msg(&m)),
-            Ok(other) => Err(Error::internal(format!(
-                "netlink get link {name}: unexpected reply {other:?}"
-            ))),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
+        Ok(self.link_by_name(name)?.and_then(IfbLink::of))
     }
 
     /// Every ifb device of this namespace.
     pub fn ifb_links(&mut self) -> Result<Vec<IfbLink>> {
-        let mut msg = LinkMessage::default();
-        msg.attributes
-            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
-        let out = self
-            .nl
-            .dump(RouteNetlinkMessage::GetLink(msg), "dump links")?;
-        Ok(out
-            .iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => ifb_from_msg(l),
-                _ => None,
-            })
-            .collect())
+        Ok(self.links()?.into_iter().filter_map(IfbLink::of).collect())
     }
 }
 

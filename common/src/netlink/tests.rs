@@ -723,3 +723,52 @@ fn allmulti_txqlen_and_mtu_range() {
     cs.set_allmulti(eth0.index, false).unwrap();
     assert!(!link(&mut cs, "eth0").allmulti);
 }
+
+/// The links' own decoder (`link_from_reply`) reads what netlink-packet-route's full decoder
+/// reads, for every kind of link a plugin meets: loopback, bridge, veth (peer in another
+/// namespace), ifb, a bridge port with flags set, a device down and one up.
+#[test]
+fn link_decoder_agrees_with_netlink_packet_route() {
+    if !have_root() {
+        return;
+    }
+    let p = pair(1400);
+    let mut hs = p.hs;
+    hs.create_bridge("br0", 1300, false).unwrap();
+    let br = link(&mut hs, "br0");
+    hs.set_master(p.veth.index, br.index).unwrap();
+    hs.set_bridge_port(p.veth.index, true, true).unwrap();
+    hs.set_up(br.index).unwrap();
+    hs.set_promisc(p.veth.index, true).unwrap();
+    hs.create_ifb("ifb0", 1500, None).unwrap();
+    let ifb = link(&mut hs, "ifb0");
+    hs.set_txqlen(ifb.index, 77).unwrap();
+    hs.set_alias(ifb.index, "owned by a test").unwrap();
+    let mut dump = || {
+        let req = super::link::link_request_for_test();
+        let msgs = hs.nl.dump(req, "dump links").unwrap();
+        let theirs: Vec<Link> = msgs
+            .iter()
+            .filter_map(|m| match m {
+                netlink_packet_route::RouteNetlinkMessage::NewLink(l) => {
+                    Some(super::link::link_from_msg(l))
+                }
+                _ => None,
+            })
+            .collect();
+        (hs.links().unwrap(), theirs)
+    };
+    let (ours, theirs) = dump();
+    assert_eq!(ours.len(), 4, "{ours:?}");
+    assert_eq!(ours, theirs);
+    let veth = ours.iter().find(|l| l.name == "veth0").unwrap();
+    assert_eq!(veth.master, Some(br.index));
+    assert!(
+        veth.link_netnsid.is_some() && veth.promisc && veth.mtu == 1400,
+        "{veth:?}"
+    );
+    assert_eq!(hs.bridge_port_flags(veth.index).unwrap(), (true, true));
+    let ifb = ours.iter().find(|l| l.name == "ifb0").unwrap();
+    assert_eq!((ifb.kind.as_deref(), ifb.txqlen), (Some("ifb"), 77));
+    assert_eq!(ifb.alias.as_deref(), Some("owned by a test"));
+}

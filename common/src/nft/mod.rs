@@ -373,17 +373,65 @@ fn family_named(name: &str) -> Option<Family> {
     .find(|f| f.as_str() == name)
 }
 
-/// The table a setup command is about: `(family, table name)`.
-fn command_table(cmd: &Value) -> Option<(String, String)> {
-    let (_, obj) = cmd.as_object()?.iter().next()?;
-    let (kind, body) = obj.as_object()?.iter().next()?;
-    let family = body.get("family")?.as_str()?.to_string();
-    let name = if kind == "table" {
-        body.get("name")
-    } else {
-        body.get("table")
-    };
-    Some((family, name?.as_str()?.to_string()))
+/// What a command of the fixed ruleset does, as far as the marker and the rule-count check
+/// need to know.
+#[derive(Debug, Clone, PartialEq)]
+enum SetupKind {
+    /// `add table`, `add set`, `add map`: no chain or rule.
+    Other,
+    /// `add chain`.
+    Chain,
+    /// `flush chain` of this chain.
+    Flush(String),
+    /// `add rule` to this chain.
+    Rule(String),
+}
+
+/// A command of the fixed ruleset, kept as its JSON text: a parsed command is a tree of
+/// maps that costs some KiB per rule, and a batch is built on every ADD and DEL while
+/// usually only its element changes are sent.
+#[derive(Debug, Clone, PartialEq)]
+struct SetupCmd {
+    text: String,
+    family: String,
+    table: String,
+    kind: SetupKind,
+}
+
+impl SetupCmd {
+    /// `{"<verb>": {"<object>": {...}}}` as the helpers of [`Batch`] make it.
+    fn new(cmd: &Value) -> SetupCmd {
+        let verb_obj = cmd.as_object().and_then(|o| o.iter().next());
+        let (verb, object) = match verb_obj {
+            Some((verb, obj)) => (verb.as_str(), obj.as_object().and_then(|o| o.iter().next())),
+            None => ("", None),
+        };
+        let (object, body) = object.map_or(("", &Value::Null), |(k, v)| (k.as_str(), v));
+        let field = |k: &str| {
+            body.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let kind = match (verb, object) {
+            ("flush", "chain") => SetupKind::Flush(field("name")),
+            (_, "chain") => SetupKind::Chain,
+            (_, "rule") => SetupKind::Rule(field("chain")),
+            _ => SetupKind::Other,
+        };
+        SetupCmd {
+            text: cmd.to_string(),
+            family: field("family"),
+            table: field(if object == "table" { "name" } else { "table" }),
+            kind,
+        }
+    }
+
+    /// Chains and rules: what the marker vouches for. (Sets are created by every batch that
+    /// uses them, so they need no marker.)
+    fn writes_rules(&self) -> bool {
+        self.kind != SetupKind::Other
+    }
 }
 
 /// A table whose chains and rules a batch writes, and the hash of those (see [`Batch`]).
@@ -406,7 +454,7 @@ struct Marker {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Batch {
     /// Idempotent commands building the fixed ruleset.
-    setup: Vec<Value>,
+    setup: Vec<SetupCmd>,
     /// Commands only `nft` runs (listed-element deletes, inserts into foreign chains...).
     other: Vec<Value>,
     elements: Vec<ElementChange>,
@@ -434,7 +482,8 @@ impl Batch {
     }
 
     fn push_setup(&mut self, cmd: Value) {
-        if !self.setup.contains(&cmd) {
+        let cmd = SetupCmd::new(&cmd);
+        if !self.setup.iter().any(|c| c.text == cmd.text) {
             self.setup.push(cmd);
         }
     }
@@ -451,21 +500,23 @@ impl Batch {
 
     /// `flush chain`: removes its rules (the chain must exist, e.g. added before in the batch).
     pub fn flush_chain(&mut self, chain: &ChainDef<'_>) {
-        self.setup.push(json!({"flush": {"chain": {
+        self.setup.push(SetupCmd::new(&json!({"flush": {"chain": {
             "family": chain.table.family.as_str(),
             "table": chain.table.name,
             "name": chain.name,
-        }}}));
+        }}})));
     }
 
     /// `add rule` to the end of `chain`, with the rule's statements (`expr`) as nft JSON.
     pub fn add_rule(&mut self, chain: &ChainDef<'_>, expr: Vec<Value>) {
-        self.setup.push(json!({"add": {"rule": {
-            "family": chain.table.family.as_str(),
-            "table": chain.table.name,
-            "chain": chain.name,
-            "expr": expr,
-        }}}));
+        let mut rule = serde_json::Map::new();
+        rule.insert("family".into(), chain.table.family.as_str().into());
+        rule.insert("table".into(), chain.table.name.into());
+        rule.insert("chain".into(), chain.name.into());
+        rule.insert("expr".into(), Value::Array(expr));
+        self.setup.push(SetupCmd::new(
+            &json!({"add": {"rule": Value::Object(rule)}}),
+        ));
     }
 
     /// Makes `chain` exist holding exactly `rules`, idempotently and without listing:
@@ -565,36 +616,26 @@ impl Batch {
 
     /// The tables whose chains or rules this batch writes, each with the hash of those.
     fn markers(&self) -> Vec<Marker> {
-        // Chains and rules: what the marker vouches for. (Sets are created by every batch
-        // that uses them, so they need no marker.)
-        let writes_rules = |cmd: &Value| {
-            cmd.as_object()
-                .and_then(|o| o.values().next())
-                .and_then(Value::as_object)
-                .is_some_and(|o| o.contains_key("chain") || o.contains_key("rule"))
-        };
-        let mut tables: Vec<(String, String)> = Vec::new();
-        for cmd in self.setup.iter().filter(|c| writes_rules(c)) {
-            if let Some(t) = command_table(cmd) {
-                if !tables.contains(&t) {
-                    tables.push(t);
-                }
+        let mut tables: Vec<(&str, &str)> = Vec::new();
+        for cmd in self.setup.iter().filter(|c| c.writes_rules()) {
+            let t = (cmd.family.as_str(), cmd.table.as_str());
+            if !tables.contains(&t) {
+                tables.push(t);
             }
         }
         tables
             .into_iter()
-            .filter_map(|t| {
-                let text: Vec<String> = self
+            .filter_map(|(family, table)| {
+                let refs: Vec<&str> = self
                     .setup
                     .iter()
-                    .filter(|c| writes_rules(c) && command_table(c).as_ref() == Some(&t))
-                    .map(Value::to_string)
+                    .filter(|c| c.writes_rules() && c.family == family && c.table == table)
+                    .map(|c| c.text.as_str())
                     .collect();
-                let refs: Vec<&str> = text.iter().map(String::as_str).collect();
                 let h = fnv1a64(&refs);
                 Some(Marker {
-                    family: family_named(&t.0)?,
-                    table: t.1,
+                    family: family_named(family)?,
+                    table: table.to_string(),
                     // 0 is what forget_setup_in_kernel writes.
                     hash: ((h ^ (h >> 32)) as u32).max(1),
                 })
@@ -605,25 +646,16 @@ impl Batch {
     /// The rules each chain this batch rewrites (flushes, then fills) must hold in `table`.
     fn expected_rule_counts(&self, family: &str, table: &str) -> BTreeMap<String, usize> {
         let mut counts = BTreeMap::new();
-        for cmd in &self.setup {
-            let flushed = cmd.pointer("/flush/chain");
-            let rule = cmd.pointer("/add/rule");
-            let (Some(body), is_rule) = (flushed.or(rule), rule.is_some()) else {
-                continue;
-            };
-            let field = |k: &str| body.get(k).and_then(Value::as_str);
-            let chain = if is_rule {
-                field("chain")
-            } else {
-                field("name")
-            };
-            if field("family") != Some(family) || field("table") != Some(table) {
+        for cmd in self.setup.iter() {
+            if cmd.family != family || cmd.table != table {
                 continue;
             }
-            let Some(chain) = chain else { continue };
-            let n = counts.entry(chain.to_string()).or_insert(0);
-            if is_rule {
-                *n += 1;
+            match &cmd.kind {
+                SetupKind::Flush(chain) => {
+                    counts.entry(chain.clone()).or_insert(0);
+                }
+                SetupKind::Rule(chain) => *counts.entry(chain.clone()).or_insert(0) += 1,
+                SetupKind::Chain | SetupKind::Other => {}
             }
         }
         counts
@@ -682,7 +714,12 @@ impl Batch {
 
     /// The whole batch as nft takes it on stdin (with the marker sets).
     pub fn to_json(&self) -> Value {
-        let mut cmds = self.setup.clone();
+        // The commands were made by serde_json, so their text parses back.
+        let mut cmds: Vec<Value> = self
+            .setup
+            .iter()
+            .filter_map(|c| serde_json::from_str(&c.text).ok())
+            .collect();
         for Marker {
             family,
             table,
