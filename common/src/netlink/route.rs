@@ -1,15 +1,16 @@
 //! Routes: dump, add, delete.
 
-use super::addr::{family_of, family_of_ip};
+use super::addr::{family_of, family_of_ip, ip_from_bytes};
+use super::socket::NLMSG_HDRLEN;
 use super::{Family, RouteEntry, RouteSocket};
 use crate::error::Result;
+use crate::nfnetlink;
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol,
-    RouteScope, RouteType,
+    RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteScope, RouteType,
 };
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// RT_TABLE_MAIN.
@@ -25,7 +26,9 @@ fn default_scope(dst: &IpNetwork, gw: Option<IpAddr>) -> u8 {
     }
 }
 
-fn ip_of(addr: &RouteAddress) -> Option<IpAddr> {
+#[cfg(test)]
+fn ip_of(addr: &netlink_packet_route::route::RouteAddress) -> Option<IpAddr> {
+    use netlink_packet_route::route::RouteAddress;
     match addr {
         RouteAddress::Inet(a) => Some(IpAddr::V4(*a)),
         RouteAddress::Inet6(a) => Some(IpAddr::V6(*a)),
@@ -83,9 +86,89 @@ fn route_msg(route: &RouteEntry, delete: bool) -> RouteMessage {
     msg
 }
 
+/// `struct rtmsg`'s size.
+const RTMSG_LEN: usize = 12;
+/// `RTN_UNICAST`.
+const RTN_UNICAST: u8 = 1;
+/// The `RTA_*` attributes [`route_from_reply`] reads, and `RTAX_*` in `RTA_METRICS`.
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
+const RTA_GATEWAY: u16 = 5;
+const RTA_PRIORITY: u16 = 6;
+const RTA_METRICS: u16 = 8;
+const RTA_TABLE: u16 = 15;
+const RTAX_MTU: u16 = 2;
+const RTAX_ADVMSS: u16 = 8;
+
+fn u32_of(v: &[u8]) -> Option<u32> {
+    Some(u32::from_ne_bytes(v.get(0..4)?.try_into().ok()?))
+}
+
 /// A dumped unicast route as a [`RouteEntry`], with `table` None for main and `scope` None
-/// when it is the one [`RouteSocket::add_route`] would have picked.
-fn route_from_msg(msg: &RouteMessage) -> Option<RouteEntry> {
+/// when it is the one [`RouteSocket::add_route`] would have picked. The `RTM_NEWROUTE` reply
+/// (header included) is read directly, as [`super::link`] reads links. None for other types.
+fn route_from_reply(raw: &[u8]) -> Option<RouteEntry> {
+    let body = raw.get(NLMSG_HDRLEN..)?;
+    let &[
+        family,
+        dst_len,
+        _src_len,
+        _tos,
+        table8,
+        _protocol,
+        scope,
+        kind,
+        ..,
+    ] = body
+    else {
+        return None;
+    };
+    if kind != RTN_UNICAST {
+        return None;
+    }
+    let mut dst_ip = None;
+    let mut entry = RouteEntry::new(
+        IpNetwork::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0).ok()?,
+        None,
+        None,
+    );
+    let mut table = u32::from(table8);
+    for (attr, value) in nfnetlink::attrs(body.get(RTMSG_LEN..)?) {
+        match attr {
+            RTA_DST => dst_ip = ip_from_bytes(value),
+            RTA_GATEWAY => entry.gw = ip_from_bytes(value),
+            RTA_OIF => entry.oif = u32_of(value),
+            RTA_PRIORITY => entry.priority = u32_of(value).unwrap_or(0),
+            RTA_TABLE => table = u32_of(value).unwrap_or(table),
+            RTA_METRICS => {
+                for (metric, v) in nfnetlink::attrs(value) {
+                    match metric {
+                        RTAX_MTU => entry.mtu = u32_of(v).unwrap_or(0),
+                        RTAX_ADVMSS => entry.advmss = u32_of(v).unwrap_or(0),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let ip = match (dst_ip, i32::from(family)) {
+        (Some(ip), _) => ip,
+        (None, libc::AF_INET6) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        (None, libc::AF_INET) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        (None, _) => return None,
+    };
+    entry.dst = IpNetwork::new(ip, dst_len).ok()?;
+    entry.table = (table != MAIN_TABLE).then_some(table);
+    entry.scope = (scope != default_scope(&entry.dst, entry.gw)).then_some(scope);
+    Some(entry)
+}
+
+/// The same as [`route_from_reply`] through netlink-packet-route's decoder: the reference
+/// the tests hold it to.
+#[cfg(test)]
+pub(super) fn route_from_msg(msg: &RouteMessage) -> Option<RouteEntry> {
+    use netlink_packet_route::AddressFamily;
     if msg.header.kind != RouteType::Unicast {
         return None;
     }
@@ -136,15 +219,16 @@ impl RouteSocket {
     pub fn routes(&mut self, family: Family, all_tables: bool) -> Result<Vec<RouteEntry>> {
         let mut msg = RouteMessage::default();
         msg.header.address_family = family_of(family);
-        let out = self
-            .nl
-            .dump(RouteNetlinkMessage::GetRoute(msg), "dump routes")?;
+        // Routes of other types (local, broadcast, ...) decode to None: kept out, not
+        // warned about.
+        let out = self.nl.dump_with(
+            RouteNetlinkMessage::GetRoute(msg),
+            "dump routes",
+            &mut |raw| Ok(route_from_reply(raw)),
+        )?;
         Ok(out
-            .iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewRoute(r) => route_from_msg(r),
-                _ => None,
-            })
+            .into_iter()
+            .flatten()
             .filter(|r| all_tables || r.table.is_none())
             .collect())
     }

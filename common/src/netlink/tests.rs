@@ -772,3 +772,110 @@ fn link_decoder_agrees_with_netlink_packet_route() {
     assert_eq!((ifb.kind.as_deref(), ifb.txqlen), (Some("ifb"), 77));
     assert_eq!(ifb.alias.as_deref(), Some("owned by a test"));
 }
+
+/// The address and route decoders (`address_from_reply`, `route_from_reply`) read what
+/// netlink-packet-route's full decoder reads: addresses of both families (a peer address
+/// too), routes through a gateway, on-link, with metrics, in another table, IPv6.
+#[test]
+fn address_and_route_decoders_agree_with_netlink_packet_route() {
+    if !have_root() {
+        return;
+    }
+    let p = pair(0);
+    let mut hs = p.hs;
+    let v = p.veth.index;
+    hs.set_up(v).unwrap();
+    hs.add_address(v, net("10.9.0.1/24")).unwrap();
+    hs.add_address(v, net("10.9.1.1/32")).unwrap();
+    hs.add_address(v, net("fd00:9::1/64")).unwrap();
+    p.host.ip(&[
+        "addr",
+        "add",
+        "10.9.2.1",
+        "peer",
+        "10.9.2.2/32",
+        "dev",
+        "veth0",
+    ]);
+    // A flag beyond the header's 8 bits, sent in IFA_FLAGS only.
+    p.host.ip(&[
+        "addr",
+        "add",
+        "fd00:9::5/64",
+        "dev",
+        "veth0",
+        "noprefixroute",
+    ]);
+    let mut via = RouteEntry::new(net("10.20.0.0/16"), Some(ip("10.9.0.254")), Some(v));
+    via.mtu = 1300;
+    via.advmss = 1260;
+    hs.add_route(&via).unwrap();
+    hs.add_route(&RouteEntry::new(net("10.30.0.0/16"), None, Some(v)))
+        .unwrap();
+    let mut other_table = RouteEntry::new(net("10.40.0.0/16"), Some(ip("10.9.0.254")), None);
+    other_table.table = Some(100);
+    other_table.priority = 50;
+    hs.add_route(&other_table).unwrap();
+    hs.add_route(&RouteEntry::new(
+        net("fd00:20::/48"),
+        Some(ip("fd00:9::fe")),
+        Some(v),
+    ))
+    .unwrap();
+
+    let req = netlink_packet_route::RouteNetlinkMessage::GetAddress(Default::default());
+    let theirs: Vec<Address> = hs
+        .nl
+        .dump(req, "dump addresses")
+        .unwrap()
+        .iter()
+        .filter_map(|m| match m {
+            netlink_packet_route::RouteNetlinkMessage::NewAddress(a) => {
+                super::addr::address_from_msg(a)
+            }
+            _ => None,
+        })
+        .collect();
+    let ours = hs.addresses(None, None).unwrap();
+    assert!(ours.len() >= 6, "{ours:?}");
+    assert_eq!(ours, theirs);
+    assert!(
+        ours.iter().any(|a| a.addr == net("10.9.2.1/32")),
+        "{ours:?}"
+    );
+    let noprefixroute = ours.iter().find(|a| a.addr == net("fd00:9::5/64"));
+    assert!(
+        noprefixroute.is_some_and(|a| a.flags & 0x200 != 0),
+        "{ours:?}"
+    );
+    // The kernel-side filter by link and family keeps the same addresses.
+    let v4_of_veth: Vec<Address> = theirs
+        .iter()
+        .filter(|a| a.index == v && a.addr.is_ipv4())
+        .cloned()
+        .collect();
+    assert_eq!(hs.addresses(Some(v), Some(Family::V4)).unwrap(), v4_of_veth);
+
+    for family in [Family::V4, Family::V6] {
+        let mut req = netlink_packet_route::route::RouteMessage::default();
+        req.header.address_family = super::addr::family_of(family);
+        let theirs: Vec<RouteEntry> = hs
+            .nl
+            .dump(
+                netlink_packet_route::RouteNetlinkMessage::GetRoute(req),
+                "dump routes",
+            )
+            .unwrap()
+            .iter()
+            .filter_map(|m| match m {
+                netlink_packet_route::RouteNetlinkMessage::NewRoute(r) => {
+                    super::route::route_from_msg(r)
+                }
+                _ => None,
+            })
+            .collect();
+        let ours = hs.routes(family, true).unwrap();
+        assert!(ours.len() >= 2, "{ours:?}");
+        assert_eq!(ours, theirs, "{family:?}");
+    }
+}
