@@ -8,7 +8,7 @@
 //! so a newer entry that reuses the tuple is never hit; one that vanished meanwhile counts
 //! as deleted.
 //!
-//! Messages are encoded by hand with [`crate::nfnetlink`]. (The `netlink-packet-netfilter`
+//! Messages are encoded by hand with `crate::nfnetlink`. (The `netlink-packet-netfilter`
 //! crate covers ctnetlink too, but not `CTA_FILTER`, and it would bring four more
 //! dependencies for about two hundred lines.)
 

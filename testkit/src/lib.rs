@@ -399,6 +399,56 @@ pub fn tcp_via(
     })
 }
 
+/// Writes `batch` into one fresh namespace through `nft` and into another over netlink
+/// (`common::nft::apply_to_kernel_via`), and asserts that the kernel holds the same in both:
+/// every set and map (user data included), every chain, every rule's expressions, of each
+/// of `tables`, and the same `nft -j list ruleset`.
+pub fn assert_netlink_writes_what_nft_writes(
+    batch: &common::nft::Batch,
+    tables: &[(common::nft::Family, &str)],
+) {
+    use common::nft::{Via, apply_to_kernel_via, netlink::describe_table_in_kernel};
+    let by_nft = TestNs::new();
+    let by_netlink = TestNs::new();
+    assert!(by_nft.run(|| apply_to_kernel_via(batch, Via::Nft)).unwrap());
+    assert!(
+        by_netlink
+            .run(|| apply_to_kernel_via(batch, Via::Netlink))
+            .unwrap(),
+        "the batch could not be written over netlink"
+    );
+    for (family, table) in tables {
+        let a = by_nft
+            .run(|| describe_table_in_kernel(*family, table))
+            .unwrap();
+        let b = by_netlink
+            .run(|| describe_table_in_kernel(*family, table))
+            .unwrap();
+        assert!(a.contains("rule "), "{family} {table}: no rules?\n{a}");
+        assert_eq!(
+            a, b,
+            "{family} {table}: nft (left) and netlink (right) differ"
+        );
+    }
+    let listing = |ns: &TestNs| {
+        let out = ns.exec("nft", &["-j", "list", "ruleset"]);
+        assert!(out.status.success(), "{out:?}");
+        // Handles are numbered per writer; drop them.
+        let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if let Some(items) = v.get_mut("nftables").and_then(|n| n.as_array_mut()) {
+            for item in items.iter_mut() {
+                if let Some(obj) = item.as_object_mut().and_then(|o| o.values_mut().next()) {
+                    if let Some(o) = obj.as_object_mut() {
+                        o.remove("handle");
+                    }
+                }
+            }
+        }
+        v
+    };
+    assert_eq!(listing(&by_nft), listing(&by_netlink));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

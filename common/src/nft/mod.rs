@@ -1,9 +1,10 @@
-//! nftables through the `nft` binary's JSON interface: one transaction per call.
+//! nftables batches in `nft`'s JSON form, applied as one transaction each.
 //!
-//! Two functions touch the kernel, and say so in their names: [`apply_to_kernel`] (one
-//! `nft -j -f -` process, so one atomic transaction) and [`list_table_from_kernel`]
-//! (`nft -j list table`). [`delete_elements_by_comment_in_kernel`] combines them. Everything
-//! else builds or reads JSON and is pure.
+//! The functions that touch the kernel say so in their names: [`apply_to_kernel`] (one
+//! nf_tables transaction over netlink when everything in the batch can be encoded here, see
+//! [`netlink`] and `setup`; else one `nft -j -f -` process; atomic either way) and
+//! [`list_table_from_kernel`] (`nft -j list table`). [`delete_elements_by_comment_in_kernel`]
+//! combines them. Everything else builds or reads JSON and is pure.
 //!
 //! # Per-attachment set elements
 //!
@@ -40,6 +41,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 pub mod netlink;
+mod setup;
 
 /// The longest comment nft stores (bytes).
 pub const COMMENT_MAX: usize = 128;
@@ -360,7 +362,7 @@ impl ElementChange {
 }
 
 /// The family of this name.
-fn family_named(name: &str) -> Option<Family> {
+pub(super) fn family_named(name: &str) -> Option<Family> {
     [
         Family::Inet,
         Family::Ip,
@@ -706,6 +708,40 @@ impl Batch {
         Some(msgs)
     }
 
+    /// The whole batch as netlink messages, as `nft` would run [`Batch::to_json`]: the fixed
+    /// ruleset, each marker map emptied and given this batch's hash, then the element
+    /// changes with own elements replaced. `None` when something in it is not of the forms
+    /// [`setup`] encodes, or only `nft` does it.
+    fn setup_netlink_messages(&self, markers: &[Marker]) -> Option<Vec<netlink::RawMsg>> {
+        if !self.other.is_empty() {
+            return None;
+        }
+        let mut cmds: Vec<Value> = self
+            .setup
+            .iter()
+            .map(|c| serde_json::from_str(&c.text).ok())
+            .collect::<Option<_>>()?;
+        for m in markers {
+            let map = json!({"family": m.family.as_str(), "table": m.table, "name": SETUP_MARKER});
+            let mut def = map.clone();
+            if let Some(o) = def.as_object_mut() {
+                o.insert("type".into(), "mark".into());
+                o.insert("map".into(), "mark".into());
+            }
+            cmds.push(json!({"add": {"map": def}}));
+            cmds.push(json!({"flush": {"map": map}}));
+        }
+        let mut msgs = setup::setup_messages(&cmds)?;
+        for m in markers {
+            let add = netlink::ElementCmd::Add;
+            msgs.push(netlink::ElementMsg::marker(m.family, &m.table, add, m.hash).raw());
+        }
+        for e in &self.elements {
+            msgs.extend(e.messages(true)?.iter().map(netlink::ElementMsg::raw));
+        }
+        Some(msgs)
+    }
+
     /// [`Batch::netlink_messages`] with this batch's own markers.
     #[cfg(test)]
     fn messages_for_test(&self, replace: bool) -> Option<Vec<netlink::ElementMsg>> {
@@ -998,10 +1034,11 @@ fn run_nft(args: &[&str], stdin: Option<&[u8]>) -> Result<std::result::Result<Ve
     }
 }
 
-/// Kernel: applies `batch` as ONE transaction, all or nothing. When the batch only changes
-/// elements of a current ruleset (its markers exist, see [`Batch`]) that is one nf_tables
-/// netlink transaction and no process; otherwise one `nft -j -f -`. An empty batch does
-/// nothing.
+/// Kernel: applies `batch` as ONE transaction, all or nothing, over nf_tables netlink and
+/// with no process: only its element changes when its ruleset is current (its markers exist,
+/// see [`Batch`]), else the whole batch, ruleset included (see `setup`). A batch holding
+/// what this crate does not encode (raw commands, rule forms `setup` does not know) goes
+/// through one `nft -j -f -` instead. An empty batch does nothing.
 pub fn apply_to_kernel(batch: &Batch) -> Result<()> {
     if batch.is_empty() {
         return Ok(());
@@ -1015,18 +1052,20 @@ pub fn apply_to_kernel(batch: &Batch) -> Result<()> {
 }
 
 /// Kernel: the batch's element changes as one nf_tables transaction over one socket, when
-/// its rules are in place; `false` when the batch must go through `nft` (nothing changed).
+/// its rules are in place, else the whole batch (see [`apply_setup_over_netlink`]); `false`
+/// when the batch must go through `nft` (nothing changed).
 fn apply_over_netlink(batch: &Batch) -> Result<bool> {
     let markers = batch.markers();
+    let mut nl = NfSocket::open("nftables")?;
     // First try: own elements must be new (the usual case), so nothing is deleted; a
     // deleting transaction costs an RCU grace period when the socket closes.
     let Some(msgs) = batch.netlink_messages(&markers, false) else {
-        return Ok(false);
+        return apply_setup_over_netlink(batch, nl, &markers);
     };
-    let mut nl = NfSocket::open("nftables")?;
     if !batch.rules_in_place_in_kernel(&mut nl, &markers)? {
-        return Ok(false);
+        return apply_setup_over_netlink(batch, nl, &markers);
     }
+    let msgs: Vec<netlink::RawMsg> = msgs.iter().map(netlink::ElementMsg::raw).collect();
     let mut outcome = netlink::transact(&mut nl, &msgs)?;
     let mut sent = msgs;
     // One of our own elements exists already (not a marker): replace it.
@@ -1036,15 +1075,61 @@ fn apply_over_netlink(batch: &Batch) -> Result<bool> {
         let Some(msgs) = batch.netlink_messages(&markers, true) else {
             return Ok(false);
         };
+        let msgs: Vec<netlink::RawMsg> = msgs.iter().map(netlink::ElementMsg::raw).collect();
         outcome = netlink::transact(&mut nl, &msgs)?;
         sent = msgs;
     }
-    netlink::release(nl, &sent, outcome);
     match outcome {
-        netlink::Outcome::Committed => Ok(true),
+        netlink::Outcome::Committed => {
+            netlink::release(nl, &sent, outcome);
+            Ok(true)
+        }
         netlink::Outcome::Refused(errno, _) => {
             log::debug!(
-                "nf_tables refused the element transaction ({}): the whole batch through nft",
+                "nf_tables refused the element transaction ({}): writing the ruleset too",
+                std::io::Error::from_raw_os_error(errno)
+            );
+            apply_setup_over_netlink(batch, nl, &markers)
+        }
+    }
+}
+
+/// How [`apply_to_kernel_via`] writes a batch.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Nft,
+    Netlink,
+}
+
+/// Kernel: the whole batch through `nft`, or over netlink ruleset included (false when it
+/// cannot be encoded, or the kernel refused it). For tests holding one to the other.
+#[doc(hidden)]
+pub fn apply_to_kernel_via(batch: &Batch, via: Via) -> Result<bool> {
+    match via {
+        Via::Nft => apply_with_nft(batch).map(|()| true),
+        Via::Netlink => {
+            let nl = NfSocket::open("nftables")?;
+            apply_setup_over_netlink(batch, nl, &batch.markers())
+        }
+    }
+}
+
+/// Kernel: the whole batch, ruleset included, as one transaction on `nl` (see
+/// [`Batch::setup_netlink_messages`]): a network's first ADD, new rules, a damaged or
+/// flushed ruleset. False when the batch holds what only `nft` does, or the kernel refused
+/// it (nothing changed): the caller then runs `nft`.
+fn apply_setup_over_netlink(batch: &Batch, mut nl: NfSocket, markers: &[Marker]) -> Result<bool> {
+    let Some(msgs) = batch.setup_netlink_messages(markers) else {
+        return Ok(false);
+    };
+    let outcome = netlink::transact(&mut nl, &msgs)?;
+    netlink::release(nl, &msgs, outcome);
+    match outcome {
+        netlink::Outcome::Committed => Ok(true),
+        netlink::Outcome::Refused(errno, at) => {
+            log::debug!(
+                "nf_tables refused the ruleset transaction ({}, message {at:?}): through nft",
                 std::io::Error::from_raw_os_error(errno)
             );
             Ok(false)
@@ -1076,8 +1161,8 @@ pub fn forget_setup_in_kernel(tables: &[TableRef<'_>]) {
         // the next ADD and trusted).
         let msg = |cmd| netlink::ElementMsg::marker(t.family, t.name, cmd, 0);
         let msgs = [
-            msg(netlink::ElementCmd::Delete),
-            msg(netlink::ElementCmd::Add),
+            msg(netlink::ElementCmd::Delete).raw(),
+            msg(netlink::ElementCmd::Add).raw(),
         ];
         let res = NfSocket::open("nftables").and_then(|mut nl| {
             let mut sent = &msgs[..];

@@ -1,10 +1,11 @@
-//! nf_tables spoken over netlink for the hot path: per-attachment set elements added and
-//! deleted in one transaction, and the rules of one chain read back. No `nft` process.
+//! nf_tables spoken over netlink: transactions of per-attachment set elements (and, from
+//! `setup`, of whole fixed rulesets), and the rules of one chain read back. No
+//! `nft` process.
 //!
 //! Starting `nft` costs 10–20 ms per call on a busy node (dynamic loading, a ruleset cache
-//! fetch) and its memory counts against the plugin's; ADD and DEL only change set elements
-//! of fixed rules, which are small to encode here. Everything else (tables, chains, rules,
-//! listings for CHECK and GC) still goes through `nft` (see [`super::apply_to_kernel`]).
+//! fetch) and its memory (4–5 MiB) counts against the plugin's; ADD and DEL only change set
+//! elements of fixed rules, which are small to encode here. Listings for CHECK, GC and DEL
+//! without a prevResult still go through `nft` (see [`super::apply_to_kernel`]).
 //!
 //! Element keys are encoded from the same JSON values the `nft` path takes, using the set's
 //! declared types: a concatenation pads each field to 4 bytes, an interval set with a
@@ -63,7 +64,7 @@ const UDATA_COMMENT: u8 = 0;
 /// Type names nft gives `ifname` keys: a NUL-padded `IFNAMSIZ` array.
 const IFNAMSIZ: usize = 16;
 
-fn nfproto(family: Family) -> u8 {
+pub(crate) fn nfproto(family: Family) -> u8 {
     match family {
         Family::Inet => 1,
         Family::Ip => 2,
@@ -241,7 +242,7 @@ pub(crate) struct ElementMsg {
     pub elements: Vec<Element>,
 }
 
-fn put_data(buf: &mut Vec<u8>, kind: u16, bytes: &[u8]) {
+pub(crate) fn put_data(buf: &mut Vec<u8>, kind: u16, bytes: &[u8]) {
     put_nested(buf, kind, |b| put_attr(b, NFTA_DATA_VALUE, bytes));
 }
 
@@ -279,6 +280,35 @@ fn element_attrs(m: &ElementMsg) -> Vec<u8> {
     a
 }
 
+/// One message of a transaction, encoded: an nf_tables message type, its netlink flags (the
+/// request and ack flags are added when sent), the family and the attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RawMsg {
+    pub kind: u16,
+    pub flags: u16,
+    pub family: Family,
+    pub attrs: Vec<u8>,
+    /// It removes something (elements, rules): see [`release`].
+    pub deletes: bool,
+}
+
+impl ElementMsg {
+    pub(crate) fn raw(&self) -> RawMsg {
+        let (kind, flags) = match self.cmd {
+            ElementCmd::Add => (NFT_MSG_NEWSETELEM, NLM_F_CREATE),
+            ElementCmd::Create => (NFT_MSG_NEWSETELEM, NLM_F_CREATE | NLM_F_EXCL),
+            ElementCmd::Delete => (NFT_MSG_DELSETELEM, 0),
+        };
+        RawMsg {
+            kind,
+            flags,
+            family: self.family,
+            attrs: element_attrs(self),
+            deletes: self.cmd == ElementCmd::Delete,
+        }
+    }
+}
+
 /// Sockets whose close is left to the process exit; see [`close_at_exit`].
 static CLOSE_AT_EXIT: Mutex<Vec<NfSocket>> = Mutex::new(Vec::new());
 
@@ -294,7 +324,7 @@ fn close_at_exit(nl: NfSocket) {
     }
 }
 
-/// Closes, now, the sockets [`close_at_exit`] kept (waiting for the kernel's destroy work
+/// Closes, now, the sockets `close_at_exit` kept (waiting for the kernel's destroy work
 /// when a transaction deleted something): for measuring that wait.
 pub fn close_kept_sockets() {
     let kept = match CLOSE_AT_EXIT.lock() {
@@ -315,15 +345,15 @@ pub(crate) enum Outcome {
 
 /// Done with `nl` after `msgs` ended in `outcome`: closed now, or at exit when a committed
 /// transaction deleted something (see [`close_at_exit`]).
-pub(crate) fn release(nl: NfSocket, msgs: &[ElementMsg], outcome: Outcome) {
-    if outcome == Outcome::Committed && msgs.iter().any(|m| m.cmd == ElementCmd::Delete) {
+pub(crate) fn release(nl: NfSocket, msgs: &[RawMsg], outcome: Outcome) {
+    if outcome == Outcome::Committed && msgs.iter().any(|m| m.deletes) {
         close_at_exit(nl);
     }
 }
 
 /// Kernel: sends `msgs` as one nf_tables batch (all or nothing) on `nl` and reads every
 /// answer.
-pub(crate) fn transact(nl: &mut NfSocket, msgs: &[ElementMsg]) -> Result<Outcome> {
+pub(crate) fn transact(nl: &mut NfSocket, msgs: &[RawMsg]) -> Result<Outcome> {
     let op = "transaction";
     let mut out = Vec::new();
     let begin = nl.next_seq();
@@ -338,20 +368,15 @@ pub(crate) fn transact(nl: &mut NfSocket, msgs: &[ElementMsg]) -> Result<Outcome
     );
     let mut last = begin;
     for m in msgs {
-        let (kind, flags) = match m.cmd {
-            ElementCmd::Add => (NFT_MSG_NEWSETELEM, NLM_F_CREATE),
-            ElementCmd::Create => (NFT_MSG_NEWSETELEM, NLM_F_CREATE | NLM_F_EXCL),
-            ElementCmd::Delete => (NFT_MSG_DELSETELEM, 0),
-        };
         last = nl.next_seq();
         nfnetlink::put_message(
             &mut out,
-            SUBSYS_NFTABLES << 8 | kind,
-            flags | NLM_F_ACK,
+            SUBSYS_NFTABLES << 8 | m.kind,
+            m.flags | NLM_F_ACK,
             last,
             nfproto(m.family),
             0,
-            &element_attrs(m),
+            &m.attrs,
         );
     }
     let end = nl.next_seq();
@@ -398,6 +423,118 @@ pub(crate) fn transact(nl: &mut NfSocket, msgs: &[ElementMsg]) -> Result<Outcome
         ),
         None => Outcome::Committed,
     })
+}
+
+// ---------------------------------------------------------------------------------------
+// A table as the kernel holds it
+
+const NFT_MSG_GETSET: u16 = 10;
+const NFT_MSG_NEWSET: u16 = 9;
+const NFT_MSG_NEWCHAIN_REPLY: u16 = NFT_MSG_NEWCHAIN;
+/// Attributes that differ between two writings of the same table: handles, use counts,
+/// counters, transaction IDs.
+const SET_VOLATILE: &[u16] = &[10, 16]; // NFTA_SET_ID, NFTA_SET_HANDLE
+const CHAIN_VOLATILE: &[u16] = &[2, 6, 8, 11]; // HANDLE, USE, COUNTERS, ID
+
+/// Kernel: every reply of a dump of `msg_type` objects of `table`: their attributes.
+fn dump_table_objects(
+    nl: &mut NfSocket,
+    family: Family,
+    table: &str,
+    get: u16,
+    new: u16,
+) -> Result<Vec<Vec<u8>>> {
+    let mut req = Vec::new();
+    let mut a = Vec::new();
+    put_str(&mut a, 1, table); // NFTA_SET_TABLE, NFTA_CHAIN_TABLE
+    let seq = nl.next_seq();
+    nfnetlink::put_message(
+        &mut req,
+        SUBSYS_NFTABLES << 8 | get,
+        NLM_F_DUMP,
+        seq,
+        nfproto(family),
+        0,
+        &a,
+    );
+    nl.send(&req, "dump table")?;
+    let mut out = Vec::new();
+    loop {
+        let n = nl.recv("dump table")?;
+        for r in nfnetlink::replies(nl.buf.get(..n).unwrap_or(&[]))? {
+            if r.seq != seq {
+                continue;
+            }
+            if let Some(e) = r.errno() {
+                return match e {
+                    0 => Ok(out),
+                    e => Err(Error::netlink("dump table", e)),
+                };
+            }
+            if r.msg_type == SUBSYS_NFTABLES << 8 | new
+                && find(r.attrs(), 1).and_then(nfnetlink::as_str) == Some(table)
+            {
+                out.push(r.attrs().to_vec());
+            }
+        }
+    }
+}
+
+/// `attrs` without the `volatile` ones, as text: `type=hex` each, in order.
+fn stable_attrs(attrs: &[u8], volatile: &[u16]) -> String {
+    nfnetlink::attrs(attrs)
+        .filter(|(k, _)| !volatile.contains(k))
+        .map(|(k, v)| {
+            let hex: String = v.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{k}={hex}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Kernel: a description of `table` (its sets and maps, its chains, every rule's
+/// expressions) that is the same for two writings of the same ruleset, whoever wrote them.
+/// For tests holding [`super::setup`] to `nft`.
+#[doc(hidden)]
+pub fn describe_table_in_kernel(family: Family, table: &str) -> Result<String> {
+    let mut nl = NfSocket::open("nftables")?;
+    let mut lines = Vec::new();
+    let mut sets: Vec<String> =
+        dump_table_objects(&mut nl, family, table, NFT_MSG_GETSET, NFT_MSG_NEWSET)?
+            .iter()
+            .map(|a| format!("set {}", stable_attrs(a, SET_VOLATILE)))
+            .collect();
+    sets.sort();
+    lines.extend(sets);
+    let mut chains: Vec<String> = dump_table_objects(
+        &mut nl,
+        family,
+        table,
+        NFT_MSG_GETCHAIN,
+        NFT_MSG_NEWCHAIN_REPLY,
+    )?
+    .iter()
+    .map(|a| format!("chain {}", stable_attrs(a, CHAIN_VOLATILE)))
+    .collect();
+    chains.sort();
+    lines.extend(chains);
+    let rules = dump_rules(&mut nl, family, table, None)?.unwrap_or_default();
+    for (chain, rule) in rules {
+        let exprs: Vec<String> = rule
+            .exprs
+            .iter()
+            .map(|(name, data)| {
+                let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
+                format!("{name}[{hex}]")
+            })
+            .collect();
+        lines.push(format!(
+            "rule {chain}: {} {:?}",
+            exprs.join(" "),
+            rule.comment
+        ));
+    }
+    Ok(lines.join("\n"))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -620,9 +757,10 @@ mod tests {
     /// Kernel: sends `msgs` as one nf_tables batch (all or nothing) on its own socket, and reads
     /// every answer.
     fn transact_in_kernel(msgs: &[ElementMsg]) -> Result<Outcome> {
+        let msgs: Vec<RawMsg> = msgs.iter().map(ElementMsg::raw).collect();
         let mut nl = NfSocket::open("nftables")?;
-        let outcome = transact(&mut nl, msgs)?;
-        release(nl, msgs, outcome);
+        let outcome = transact(&mut nl, &msgs)?;
+        release(nl, &msgs, outcome);
         Ok(outcome)
     }
     use serde_json::json;

@@ -579,4 +579,19 @@ mod tests {
         let els = a.elements().unwrap();
         assert_eq!(els[1].1.key, json!({"concat": ["10.88.0.5", "10.88.0.5"]}));
     }
+
+    /// The ruleset written over netlink is the one nft writes: masquerade and spoof check.
+    #[test]
+    fn netlink_writes_what_nft_writes() {
+        if !testkit::have_root() {
+            return;
+        }
+        testkit::assert_netlink_writes_what_nft_writes(
+            &add_batch(&att()).unwrap(),
+            &[
+                (MASQ_TABLE.family, MASQ_TABLE.name),
+                (SPOOF_TABLE.family, SPOOF_TABLE.name),
+            ],
+        );
+    }
 }

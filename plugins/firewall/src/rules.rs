@@ -709,4 +709,23 @@ mod tests {
         });
         assert_eq!(n, 5);
     }
+
+    /// The ruleset written over netlink is the one nft writes, for each policy.
+    #[test]
+    fn netlink_writes_what_nft_writes() {
+        if !testkit::have_root() {
+            return;
+        }
+        for policy in [Policy::Open, Policy::SameBridge, Policy::Isolated] {
+            let isolated = policy == Policy::Isolated;
+            let mut tables = vec![(TABLE.family, TABLE.name)];
+            if isolated {
+                tables.push((BRIDGE_TABLE.family, BRIDGE_TABLE.name));
+            }
+            testkit::assert_netlink_writes_what_nft_writes(
+                &add_batch(&att(policy), Vec::new()).unwrap(),
+                &tables,
+            );
+        }
+    }
 }

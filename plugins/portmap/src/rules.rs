@@ -951,4 +951,23 @@ mod tests {
             ]
         );
     }
+
+    /// The ruleset written over netlink is the one nft writes, for each policy.
+    #[test]
+    fn netlink_writes_what_nft_writes() {
+        if !testkit::have_root() {
+            return;
+        }
+        for (snat, masq_all) in [(true, false), (true, true), (false, false)] {
+            let mut a = att();
+            a.network = testkit::unique_name("pm");
+            a.policy.snat = snat;
+            a.policy.masq_all = masq_all;
+            let table = a.table_name();
+            testkit::assert_netlink_writes_what_nft_writes(
+                &add_batch(&a).unwrap(),
+                &[(Family::Inet, &table)],
+            );
+        }
+    }
 }
