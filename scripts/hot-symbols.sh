@@ -9,8 +9,9 @@
 # Builds the static binaries unstripped (target/hot-symbols), then runs every plugin natively
 # under gdb with a one-shot breakpoint on each of its functions (scripts/trace-functions.py):
 # VERSION of each, the six-plugin chain of ../shared/bench/chain-bench.sh (CHAIN_BENCH=path
-# overrides: ADD, cnitool CHECK, DEL, the network's first ADD included) and loopback's ADD,
-# CHECK and DEL in a scratch namespace. Natively, so that glibc's string functions are the
+# overrides: ADD, cnitool CHECK, DEL, the network's first ADD included), loopback's ADD,
+# CHECK and DEL in a scratch namespace, and the child that bridge spawns to run host-local
+# up to its exec (that child shares bridge's memory). Natively, so that glibc's string functions are the
 # ones this CPU gets. Each list orders a binary's functions by how many of its calls ran them,
 # then by the commands that did (ADD before CHECK before DEL), then by when they first ran:
 # the code of every call first, then that of ADD, of DEL, and the rare paths last.
@@ -31,7 +32,7 @@ done
 [ -x "$CHAIN_BENCH" ] || { echo "hot-symbols.sh: no $CHAIN_BENCH" >&2; exit 1; }
 W=$(mktemp -d)
 NS=hotsym-$$
-trap 'ip netns del "$NS" 2>/dev/null; rm -rf "$W"' EXIT
+trap 'ip netns del "$NS" 2>/dev/null; ip netns del "$NS-host" 2>/dev/null; rm -rf "$W"' EXIT
 
 dir=$(CARGO_TARGET_DIR=target/hot-symbols KEEP_SYMBOLS=1 HOT_SYMBOLS=none \
   scripts/build-static.sh --quiet | tail -1)
@@ -67,6 +68,21 @@ for cmd in ADD CHECK DEL; do
     CNI_COMMAND=$cmd CNI_CONTAINERID=hot-symbols CNI_NETNS=/run/netns/$NS CNI_IFNAME=lo \
       CNI_PATH="$W/shim" "$W/shim/loopback" >/dev/null ||
     { echo "hot-symbols.sh: loopback $cmd failed; lists not written" >&2; exit 1; }
+done
+
+# bridge runs host-local through posix_spawn, whose child runs in bridge's address space
+# until it execs: trace that child too, in scratch namespaces (the call is cut short there).
+ip netns add "$NS-host"
+mkdir -p "$W/ipam"
+for cmd in ADD DEL; do
+  printf '{"cniVersion":"1.0.0","name":"hotsym","type":"bridge","bridge":"hs0","isGateway":true,"ipMasq":true,"ipam":{"type":"host-local","subnet":"10.99.0.0/24","dataDir":"%s"}}' "$W/ipam" |
+    ip netns exec "$NS-host" env CNI_COMMAND=$cmd CNI_CONTAINERID=hotsym CNI_NETNS=/run/netns/$NS \
+      CNI_IFNAME=eth1 CNI_PATH="$dir" gdb -q -batch \
+      -ex "python FUNCS='$W/bridge.funcs'; OUT='$W/out/bridge-$cmd-child'; FOLLOW_CHILD=1" \
+      -x "$trace" -ex run -ex 'python write_out(None)' -ex kill --args "$dir/bridge" \
+      >/dev/null 2>&1 || true
+  [ -s "$W/out/bridge-$cmd-child" ] ||
+    { echo "hot-symbols.sh: tracing bridge's spawn child ($cmd) failed" >&2; exit 1; }
 done
 
 mkdir -p scripts/hot-symbols

@@ -42,3 +42,11 @@ def write_out(_event):
 
 
 gdb.events.exited.connect(write_out)
+
+# With FOLLOW_CHILD set, gdb follows a forked child instead, and stops when that child
+# execs (the caller then writes the list with write_out): the child of posix_spawn runs in
+# the parent's address space until it execs, so its code counts against the parent's
+# memory too.
+if globals().get("FOLLOW_CHILD"):
+    gdb.execute("set follow-fork-mode child")
+    gdb.execute("catch exec")
