@@ -43,7 +43,7 @@ flags="-C target-feature=+crt-static -C relocation-model=static"
 
 hot=${HOT_SYMBOLS:-scripts/hot-symbols}
 gcc_ld=$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/gcc-ld
-if [ "$hot" != none ] && [ -d "$hot" ] && [ -x "$gcc_ld/ld.lld" ]; then
+if [ "$hot" != none ] && compgen -G "$hot/*.txt" >/dev/null && [ -x "$gcc_ld/ld.lld" ]; then
   # The lists are copied under their checksum and passed by that path in the flags, so that
   # new lists relink. scripts/link-hot.sh matches them against the link's own symbols.
   sum=$(cat "$hot"/*.txt | sha256sum | cut -c1-16)

@@ -81,12 +81,13 @@ for cmd in ADD DEL; do
       -ex "python FUNCS='$W/bridge.funcs'; OUT='$W/out/bridge-$cmd-child'; FOLLOW_CHILD=1" \
       -x "$trace" -ex run -ex 'python write_out(None)' -ex kill --args "$dir/bridge" \
       >/dev/null 2>&1 || true
-  [ -s "$W/out/bridge-$cmd-child" ] ||
+  # The child's own code ends in execve: without it, the child was not followed.
+  grep -q execve "$W/out/bridge-$cmd-child" 2>/dev/null ||
     { echo "hot-symbols.sh: tracing bridge's spawn child ($cmd) failed" >&2; exit 1; }
 done
 
-mkdir -p scripts/hot-symbols
-rm -f scripts/hot-symbols/*.txt
+# Written aside and moved in at the end, so a failure leaves the current lists in place.
+mkdir -p "$W/lists"
 for p in "${ALL[@]}"; do
   # key: calls that ran the function (descending), the commands that did, first line seen.
   awk '
@@ -96,16 +97,17 @@ for p in "${ALL[@]}"; do
       if (!($0 in first) || FNR < first[$0]) first[$0] = FNR
     }
     END {
+      n = split("ADD CHECK DEL GC STATUS VERSION", cmds, " ")
       for (f in calls) {
         sig = ""
-        for (i = 1; i <= 6; i++) {
-          c = substr("ADD   CHECK DEL   GC    STATUSVERSION", 6 * i - 5, 6); sub(/ +$/, "", c)
-          if ((f, c) in ran) sig = sig c "+"
-        }
+        for (i = 1; i <= n; i++) if ((f, cmds[i]) in ran) sig = sig cmds[i] "+"
         printf "%06d %s %06d %s\n", 999999 - calls[f], sig, first[f], f
       }
-    }' "$W/out/$p"-* | sort | cut -d' ' -f4 >"scripts/hot-symbols/$p.txt"
+    }' "$W/out/$p"-* | LC_ALL=C sort | cut -d' ' -f4 >"$W/lists/$p.txt"
 done
+mkdir -p scripts/hot-symbols
+rm -f scripts/hot-symbols/*.txt
+mv "$W"/lists/*.txt scripts/hot-symbols/
 echo "hot-symbols.sh: functions per binary in scripts/hot-symbols/:" \
   "$(cd scripts/hot-symbols && wc -l *.txt | sed '$d' | awk '{ printf "%s%s %s", s, $2, $1; s = ", " }');" \
   "rebuild with scripts/build-static.sh"

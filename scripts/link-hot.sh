@@ -13,6 +13,15 @@ for a in "$@"; do
   case $a in
     --hot-symbols=*) dir=${a#--hot-symbols=}; prev=$a; continue ;;
     *.o) [ -f "$a" ] && objs+=("$a") ;;
+    @*)
+      # rustc's response file (a very long command line): one argument per line. Drop our
+      # own argument from a copy and link without the ordering.
+      if [ -f "${a#@}" ]; then
+        rsp=$(mktemp)
+        grep -v '^--hot-symbols=' "${a#@}" >"$rsp" || true
+        a=@$rsp dir=
+      fi
+      ;;
   esac
   args+=("$a")
   prev=$a
@@ -21,6 +30,12 @@ set -- "${args[@]}"
 # cargo links deps/<binary>-<metadata hash>, with "-" in the binary's name turned into "_"
 name=$(basename "$out"); name=${name%-*}; name=${name//_/-}
 list=$dir/$name.txt
+if [ -n "${rsp:-}" ]; then
+  status=0
+  cc "$@" || status=$?
+  rm -f "$rsp"
+  exit "$status"
+fi
 [ -n "$dir" ] && [ -n "$out" ] && [ -f "$list" ] || exec cc "$@"
 order=$(mktemp)
 trap 'rm -f "$order"' EXIT

@@ -855,6 +855,11 @@ fn address_and_route_decoders_agree_with_netlink_packet_route() {
         .cloned()
         .collect();
     assert_eq!(hs.addresses(Some(v), Some(Family::V4)).unwrap(), v4_of_veth);
+    // A link that is gone has no addresses (the kernel's filter refuses it with ENODEV).
+    assert_eq!(
+        hs.addresses(Some(99_999), Some(Family::V6)).unwrap(),
+        Vec::new()
+    );
 
     for family in [Family::V4, Family::V6] {
         let mut req = netlink_packet_route::route::RouteMessage::default();

@@ -1128,7 +1128,15 @@ fn apply_setup_over_netlink(batch: &Batch, mut nl: NfSocket, markers: &[Marker])
     match outcome {
         netlink::Outcome::Committed => Ok(true),
         netlink::Outcome::Refused(errno, at) => {
-            log::debug!(
+            // EINVAL or EOPNOTSUPP point at an encoding the kernel does not take (an older
+            // kernel, or a gap of `setup`): worth seeing, as it costs an nft run each time.
+            let level = if matches!(errno, libc::EINVAL | libc::EOPNOTSUPP) {
+                log::Level::Warn
+            } else {
+                log::Level::Debug
+            };
+            log::log!(
+                level,
                 "nf_tables refused the ruleset transaction ({}, message {at:?}): through nft",
                 std::io::Error::from_raw_os_error(errno)
             );

@@ -117,6 +117,15 @@ fn family_of(body: &Value) -> Option<Family> {
     super::family_named(str_field(body, "family")?)
 }
 
+/// `body` holds no key but `allowed`: a field this module does not read (a comment, a
+/// handle, a timeout...) makes the command one it does not encode.
+fn only_keys(body: &Value, allowed: &[&str]) -> Option<()> {
+    body.as_object()?
+        .keys()
+        .all(|k| allowed.contains(&k.as_str()))
+        .then_some(())
+}
+
 /// The fixed ruleset's commands as messages; `None` when one of them is not of the forms
 /// this module encodes.
 pub(crate) fn setup_messages<'a>(cmds: impl IntoIterator<Item = &'a Value>) -> Option<Vec<RawMsg>> {
@@ -135,13 +144,20 @@ pub(crate) fn setup_messages<'a>(cmds: impl IntoIterator<Item = &'a Value>) -> O
         };
         out.push(match (verb.as_str(), kind.as_str()) {
             ("add", "table") => {
+                only_keys(body, &["family", "name"])?;
                 let mut a = Vec::new();
                 put_str(&mut a, NFTA_TABLE_NAME, str_field(body, "name")?);
                 be32(&mut a, NFTA_TABLE_FLAGS, 0);
                 msg(NFT_MSG_NEWTABLE, NLM_F_CREATE, a, false)
             }
-            ("add", "chain") => msg(NFT_MSG_NEWCHAIN, NLM_F_CREATE, chain_attrs(body)?, false),
+            ("add", "chain") => msg(
+                NFT_MSG_NEWCHAIN,
+                NLM_F_CREATE,
+                chain_attrs(body, family)?,
+                false,
+            ),
             ("flush", "chain") => {
+                only_keys(body, &["family", "table", "name"])?;
                 let mut a = Vec::new();
                 put_str(&mut a, NFTA_RULE_TABLE, str_field(body, "table")?);
                 put_str(&mut a, NFTA_RULE_CHAIN, str_field(body, "name")?);
@@ -157,6 +173,7 @@ pub(crate) fn setup_messages<'a>(cmds: impl IntoIterator<Item = &'a Value>) -> O
                 )
             }
             ("flush", "set" | "map") => {
+                only_keys(body, &["family", "table", "name"])?;
                 let mut a = Vec::new();
                 put_str(&mut a, NFTA_SET_ELEM_LIST_TABLE, str_field(body, "table")?);
                 put_str(&mut a, NFTA_SET_ELEM_LIST_SET, str_field(body, "name")?);
@@ -174,12 +191,23 @@ pub(crate) fn setup_messages<'a>(cmds: impl IntoIterator<Item = &'a Value>) -> O
     Some(out)
 }
 
-fn chain_attrs(body: &Value) -> Option<Vec<u8>> {
+fn chain_attrs(body: &Value, family: Family) -> Option<Vec<u8>> {
+    only_keys(
+        body,
+        &["family", "table", "name", "type", "hook", "prio", "policy"],
+    )?;
     let mut a = Vec::new();
     put_str(&mut a, NFTA_CHAIN_TABLE, str_field(body, "table")?);
     put_str(&mut a, NFTA_CHAIN_NAME, str_field(body, "name")?);
     if let Some(hook) = str_field(body, "hook") {
-        // The same numbers for inet, ip, ip6 and bridge (NF_INET_*, NF_BR_*).
+        // The same numbers for inet, ip, ip6 and bridge (NF_INET_*, NF_BR_*); arp and netdev
+        // number theirs otherwise.
+        if !matches!(
+            family,
+            Family::Inet | Family::Ip | Family::Ip6 | Family::Bridge
+        ) {
+            return None;
+        }
         let hooknum: u32 = match hook {
             "prerouting" => 0,
             "input" => 1,
@@ -211,6 +239,7 @@ fn udata_u32(out: &mut Vec<u8>, kind: u8, v: u32) {
 }
 
 fn set_attrs(body: &Value, id: u32) -> Option<Vec<u8>> {
+    only_keys(body, &["family", "table", "name", "type", "map", "flags"])?;
     let types: Vec<&str> = match body.get("type")? {
         Value::String(t) => vec![t.as_str()],
         Value::Array(ts) => ts.iter().map(Value::as_str).collect::<Option<_>>()?,
@@ -230,7 +259,12 @@ fn set_attrs(body: &Value, id: u32) -> Option<Vec<u8>> {
     };
     // nft numbers a concatenation's type by shifting in each field's (6 bits each).
     let key_type = fields.iter().fold(0u32, |t, f| (t << 6) | f.0);
-    let key_len: u32 = fields.iter().map(|f| round4(f.1)).sum();
+    // A concatenation pads each field to 4 bytes; a single field keeps its own length.
+    let key_len: u32 = if concat {
+        fields.iter().map(|f| round4(f.1)).sum()
+    } else {
+        fields.first()?.1
+    };
     let mut flags = 0;
     if interval {
         flags |= NFT_SET_INTERVAL;
@@ -267,7 +301,7 @@ fn set_attrs(body: &Value, id: u32) -> Option<Vec<u8>> {
     let key_order = if concat {
         BYTEORDER_INVALID
     } else {
-        fields[0].2
+        fields.first()?.2
     };
     udata_u32(&mut udata, UDATA_SET_KEYBYTEORDER, key_order);
     if let Some((_, _, order)) = data {
@@ -358,8 +392,12 @@ impl Load {
 }
 
 /// The protocol whose header a payload field is in, when an `inet` rule must check it
-/// first: `NFPROTO_IPV4` or `NFPROTO_IPV6`.
+/// first: `NFPROTO_IPV4` or `NFPROTO_IPV6`; or [`ETHER`] for the Ethernet header.
 type Dependency = Option<u8>;
+
+/// The Ethernet header: there without a check in `bridge` tables only (elsewhere nft adds
+/// `meta iiftype ether`, which this module does not encode).
+const ETHER: u8 = 0;
 
 /// A field of the JSON, e.g. `{"payload": {"protocol": "ip", "field": "daddr"}}`.
 fn load(v: &Value) -> Option<(Load, Dependency)> {
@@ -372,7 +410,7 @@ fn load(v: &Value) -> Option<(Load, Dependency)> {
                 ("ip", "daddr") => (Load::Payload(1, 16, 4), Some(2)),
                 ("ip6", "saddr") => (Load::Payload(1, 8, 16), Some(10)),
                 ("ip6", "daddr") => (Load::Payload(1, 24, 16), Some(10)),
-                ("ether", "saddr") => (Load::Payload(0, 6, 6), None),
+                ("ether", "saddr") => (Load::Payload(0, 6, 6), Some(ETHER)),
                 ("th", "dport") => (Load::Payload(2, 2, 2), None),
                 _ => return None,
             }
@@ -423,7 +461,8 @@ impl RuleBuilder {
     fn depend(&mut self, deps: impl IntoIterator<Item = Dependency>) -> Option<()> {
         for proto in deps.into_iter().flatten() {
             match (self.family, proto) {
-                (Family::Ip, 2) | (Family::Ip6, 10) => continue,
+                (Family::Bridge, ETHER) | (Family::Ip, 2) | (Family::Ip6, 10) => continue,
+                (_, ETHER) => return None,
                 (Family::Inet, _) if self.checked == Some(proto) => continue,
                 (Family::Inet, _) => {}
                 _ => return None,
@@ -563,6 +602,9 @@ impl RuleBuilder {
                 let p = right.get("prefix")?;
                 let addr: std::net::IpAddr = str_field(p, "addr")?.parse().ok()?;
                 let bits = u32::try_from(p.get("len")?.as_u64()?).ok()?;
+                if bits == 0 {
+                    return None;
+                }
                 let net = ipnetwork::IpNetwork::new(addr, u8::try_from(bits).ok()?).ok()?;
                 let bytes = match net.network() {
                     std::net::IpAddr::V4(a) => a.octets().to_vec(),
@@ -682,6 +724,7 @@ impl RuleBuilder {
 }
 
 fn rule_attrs(body: &Value, family: Family) -> Option<Vec<u8>> {
+    only_keys(body, &["family", "table", "chain", "expr"])?;
     let mut b = RuleBuilder {
         family,
         checked: None,
