@@ -11,8 +11,10 @@ use std::io;
 
 pub(crate) const NLMSG_HDRLEN: usize = 16;
 pub(crate) const NFGENMSG_LEN: usize = 4;
+pub(crate) const NLMSG_NOOP: u16 = 1;
 pub(crate) const NLMSG_ERROR: u16 = 2;
 pub(crate) const NLMSG_DONE: u16 = 3;
+pub(crate) const NLMSG_OVERRUN: u16 = 4;
 pub(crate) const NLM_F_REQUEST: u16 = 0x1;
 pub(crate) const NLM_F_ACK: u16 = 0x4;
 pub(crate) const NLM_F_EXCL: u16 = 0x200;
@@ -99,6 +101,11 @@ pub(crate) fn find(buf: &[u8], kind: u16) -> Option<&[u8]> {
     attrs(buf).find(|(k, _)| *k == kind).map(|(_, v)| v)
 }
 
+/// A u32 attribute's value (host byte order, as rtnetlink sends them).
+pub(crate) fn u32_ne(v: &[u8]) -> Option<u32> {
+    Some(u32::from_ne_bytes(v.get(0..4)?.try_into().ok()?))
+}
+
 /// A string attribute's value without its NUL.
 pub(crate) fn as_str(v: &[u8]) -> Option<&str> {
     let end = v.iter().position(|b| *b == 0).unwrap_or(v.len());
@@ -112,6 +119,8 @@ pub(crate) struct Reply<'a> {
     pub flags: u16,
     pub seq: u32,
     pub body: &'a [u8],
+    /// The whole message, header included.
+    pub raw: &'a [u8],
 }
 
 impl Reply<'_> {
@@ -135,7 +144,7 @@ impl Reply<'_> {
     }
 }
 
-/// The messages of one datagram.
+/// The messages of one datagram (any netlink family: only the `nlmsghdr` is read).
 pub(crate) fn replies(buf: &[u8]) -> Result<Vec<Reply<'_>>> {
     let mut out = Vec::new();
     let mut off = 0;
@@ -156,7 +165,7 @@ pub(crate) fn replies(buf: &[u8]) -> Result<Vec<Reply<'_>>> {
         let len = field32(0) as usize;
         if len < NLMSG_HDRLEN || len > msg.len() {
             return Err(Error::internal(format!(
-                "netfilter netlink: malformed reply (length {len})"
+                "netlink: malformed reply (message length {len})"
             )));
         }
         out.push(Reply {
@@ -164,6 +173,7 @@ pub(crate) fn replies(buf: &[u8]) -> Result<Vec<Reply<'_>>> {
             flags: field16(6),
             seq: field32(8),
             body: msg.get(NLMSG_HDRLEN..len).unwrap_or(&[]),
+            raw: msg.get(..len).unwrap_or(&[]),
         });
         off += align4(len);
     }

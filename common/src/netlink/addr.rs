@@ -1,9 +1,8 @@
 //! Addresses: dump, add, delete.
 
-use super::socket::NLMSG_HDRLEN;
 use super::{Address, Family, RouteSocket};
 use crate::error::Result;
-use crate::nfnetlink;
+use crate::nfnetlink::{self, NLMSG_HDRLEN};
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
@@ -69,18 +68,13 @@ fn address_from_reply(raw: &[u8]) -> Option<Address> {
     let &[_family, prefix_len, header_flags, scope, ..] = body else {
         return None;
     };
-    let index = u32::from_ne_bytes(body.get(4..IFADDRMSG_LEN)?.try_into().ok()?);
+    let index = nfnetlink::u32_ne(body.get(4..IFADDRMSG_LEN)?)?;
     let (mut local, mut address, mut flags) = (None, None, None);
     for (kind, value) in nfnetlink::attrs(body.get(IFADDRMSG_LEN..)?) {
         match kind {
             IFA_LOCAL => local = ip_from_bytes(value),
             IFA_ADDRESS => address = ip_from_bytes(value),
-            IFA_FLAGS => {
-                flags = value
-                    .get(0..4)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u32::from_ne_bytes)
-            }
+            IFA_FLAGS => flags = nfnetlink::u32_ne(value),
             _ => {}
         }
     }

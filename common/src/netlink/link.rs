@@ -1,10 +1,9 @@
 //! Links: lookups, dumps, creating bridges and veth pairs, link settings, bridge port flags
 //! and bridge VLANs.
 
-use super::socket::NLMSG_HDRLEN;
 use super::{Link, Mac, RouteSocket, VethSpec};
 use crate::error::{Error, Result};
-use crate::nfnetlink;
+use crate::nfnetlink::{self, NLMSG_HDRLEN};
 use netlink_packet_core::{DefaultNla, NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::link::{
     AfSpecBridge, BridgeFlag, BridgeStpState, BridgeVlanInfo, BridgeVlanInfoFlags, InfoBridge,
@@ -55,10 +54,6 @@ const IFLA_INFO_SLAVE_DATA: u16 = 5;
 /// `IF_OPER_UP`.
 const OPER_UP: u8 = 6;
 
-fn u32_of(v: &[u8]) -> Option<u32> {
-    Some(u32::from_ne_bytes(v.get(0..4)?.try_into().ok()?))
-}
-
 /// An `RTM_NEWLINK` reply (header included) read directly: the few attributes a [`Link`]
 /// holds, where a full decode parses every attribute of every link kind (statistics, AF
 /// specifics, XDP...) into owned values: more code run and more memory per call.
@@ -67,8 +62,8 @@ fn link_from_reply(raw: &[u8]) -> std::result::Result<Link, String> {
         .get(NLMSG_HDRLEN..)
         .filter(|b| b.len() >= IFINFOMSG_LEN)
         .ok_or_else(|| format!("link message of {} bytes", raw.len()))?;
-    let index = u32_of(&body[4..8]).unwrap_or(0);
-    let flags = u32_of(&body[8..12]).unwrap_or(0);
+    let index = nfnetlink::u32_ne(&body[4..8]).unwrap_or(0);
+    let flags = nfnetlink::u32_ne(&body[8..12]).unwrap_or(0);
     let flag = |f: LinkFlags| flags & f.bits() != 0;
     let mut link = Link {
         index,
@@ -92,14 +87,14 @@ fn link_from_reply(raw: &[u8]) -> std::result::Result<Link, String> {
         match kind {
             IFLA_IFNAME => link.name = nfnetlink::as_str(value).unwrap_or_default().to_string(),
             IFLA_ADDRESS => link.mac = <Mac>::try_from(value).ok(),
-            IFLA_MTU => link.mtu = u32_of(value).unwrap_or(0),
-            IFLA_TXQLEN => link.txqlen = u32_of(value).unwrap_or(0),
-            IFLA_MIN_MTU => link.min_mtu = u32_of(value),
-            IFLA_MAX_MTU => link.max_mtu = u32_of(value),
-            IFLA_MASTER => link.master = u32_of(value),
+            IFLA_MTU => link.mtu = nfnetlink::u32_ne(value).unwrap_or(0),
+            IFLA_TXQLEN => link.txqlen = nfnetlink::u32_ne(value).unwrap_or(0),
+            IFLA_MIN_MTU => link.min_mtu = nfnetlink::u32_ne(value),
+            IFLA_MAX_MTU => link.max_mtu = nfnetlink::u32_ne(value),
+            IFLA_MASTER => link.master = nfnetlink::u32_ne(value),
             IFLA_OPERSTATE => link.oper_up = value.first() == Some(&OPER_UP),
-            IFLA_LINK => link.link_index = u32_of(value),
-            IFLA_LINK_NETNSID => link.link_netnsid = u32_of(value).map(|v| v as i32),
+            IFLA_LINK => link.link_index = nfnetlink::u32_ne(value),
+            IFLA_LINK_NETNSID => link.link_netnsid = nfnetlink::u32_ne(value).map(|v| v as i32),
             IFLA_IFALIAS => {
                 link.alias = nfnetlink::as_str(value)
                     .filter(|a| !a.is_empty())

@@ -1,10 +1,9 @@
 //! Routes: dump, add, delete.
 
 use super::addr::{family_of, family_of_ip, ip_from_bytes};
-use super::socket::NLMSG_HDRLEN;
 use super::{Family, RouteEntry, RouteSocket};
 use crate::error::Result;
-use crate::nfnetlink;
+use crate::nfnetlink::{self, NLMSG_HDRLEN};
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::RouteNetlinkMessage;
@@ -100,10 +99,6 @@ const RTA_TABLE: u16 = 15;
 const RTAX_MTU: u16 = 2;
 const RTAX_ADVMSS: u16 = 8;
 
-fn u32_of(v: &[u8]) -> Option<u32> {
-    Some(u32::from_ne_bytes(v.get(0..4)?.try_into().ok()?))
-}
-
 /// A dumped unicast route as a [`RouteEntry`], with `table` None for main and `scope` None
 /// when it is the one [`RouteSocket::add_route`] would have picked. The `RTM_NEWROUTE` reply
 /// (header included) is read directly, as [`super::link`] reads links. None for other types.
@@ -137,14 +132,14 @@ fn route_from_reply(raw: &[u8]) -> Option<RouteEntry> {
         match attr {
             RTA_DST => dst_ip = ip_from_bytes(value),
             RTA_GATEWAY => entry.gw = ip_from_bytes(value),
-            RTA_OIF => entry.oif = u32_of(value),
-            RTA_PRIORITY => entry.priority = u32_of(value).unwrap_or(0),
-            RTA_TABLE => table = u32_of(value).unwrap_or(table),
+            RTA_OIF => entry.oif = nfnetlink::u32_ne(value),
+            RTA_PRIORITY => entry.priority = nfnetlink::u32_ne(value).unwrap_or(0),
+            RTA_TABLE => table = nfnetlink::u32_ne(value).unwrap_or(table),
             RTA_METRICS => {
                 for (metric, v) in nfnetlink::attrs(value) {
                     match metric {
-                        RTAX_MTU => entry.mtu = u32_of(v).unwrap_or(0),
-                        RTAX_ADVMSS => entry.advmss = u32_of(v).unwrap_or(0),
+                        RTAX_MTU => entry.mtu = nfnetlink::u32_ne(v).unwrap_or(0),
+                        RTAX_ADVMSS => entry.advmss = nfnetlink::u32_ne(v).unwrap_or(0),
                         _ => {}
                     }
                 }

@@ -17,8 +17,6 @@ use std::time::Instant;
 /// Receive buffer size; the kernel never sends dump datagrams larger than 32 KiB, and a
 /// larger datagram is still read whole (the buffer grows after a peek).
 const RECV_BUF: usize = 32 * 1024;
-/// `sizeof(struct nlmsghdr)`.
-pub(crate) const NLMSG_HDRLEN: usize = 16;
 /// Error message TLVs follow the echoed request (`NLM_F_ACK_TLVS`).
 const NLM_F_ACK_TLVS: u16 = 0x200;
 /// Only the request's header was echoed (`NLM_F_CAPPED`).
@@ -27,44 +25,9 @@ const NLM_F_CAPPED: u16 = 0x100;
 const NLMSGERR_ATTR_MSG: u16 = 1;
 /// How many times a dump that the kernel flagged `NLM_F_DUMP_INTR` is tried.
 const DUMP_ATTEMPTS: usize = 3;
-/// The control message types (`NLMSG_*`).
-const NLMSG_NOOP: u16 = 1;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLMSG_OVERRUN: u16 = 4;
-
-/// The fields of a `struct nlmsghdr` that the reply walk reads.
-struct RawHeader {
-    len: u32,
-    kind: u16,
-    flags: u16,
-    seq: u32,
-}
-
-impl RawHeader {
-    /// From the first 16 bytes of `msg` (zeros where it is shorter: a length of 0 is then
-    /// refused as malformed).
-    fn read(msg: &[u8]) -> RawHeader {
-        let u16_at = |i: usize| {
-            msg.get(i..i + 2)
-                .and_then(|b| <[u8; 2]>::try_from(b).ok())
-                .map_or(0, u16::from_ne_bytes)
-        };
-        let u32_at = |i: usize| {
-            msg.get(i..i + 4)
-                .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                .map_or(0, u32::from_ne_bytes)
-        };
-        RawHeader {
-            len: u32_at(0),
-            kind: u16_at(4),
-            flags: u16_at(6),
-            seq: u32_at(8),
-        }
-    }
-}
-
-use crate::nfnetlink::align4;
+use crate::nfnetlink::{
+    self, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, NLMSG_NOOP, NLMSG_OVERRUN, align4,
+};
 
 /// Reads one datagram whole into `buf` (peeking its size first, so a reply larger than the
 /// buffer is not truncated) and returns its length. Shared by every netlink family we speak.
@@ -237,46 +200,33 @@ impl NlSocket {
         let mut interrupted = false;
         loop {
             let n = self.recv_datagram(op)?;
-            let mut off = 0;
-            while off + NLMSG_HDRLEN <= n {
-                let Some(rest) = self.buf.get(off..n) else {
-                    break;
-                };
-                let header = RawHeader::read(rest);
-                let len = header.len as usize;
-                if len < NLMSG_HDRLEN || len > rest.len() {
-                    return Err(Error::internal(format!(
-                        "netlink {op}: malformed reply (message length {len})"
-                    )));
-                }
-                off += align4(len);
-                let Some(raw) = rest.get(..len) else {
-                    break;
-                };
-                if header.seq != seq {
+            let replies = nfnetlink::replies(self.buf.get(..n).unwrap_or_default())
+                .map_err(|e| Error::internal(format!("{op}: {e}")))?;
+            for r in replies {
+                if r.seq != seq {
                     // A late reply to an earlier request, or a notification (seq 0).
                     log::debug!(
                         "netlink {op}: skipping message with sequence {} (want {seq})",
-                        header.seq
+                        r.seq
                     );
                     continue;
                 }
-                if header.flags & NLM_F_DUMP_INTR != 0 {
+                if r.flags & NLM_F_DUMP_INTR != 0 {
                     interrupted = true;
                 }
-                let payload = raw.get(NLMSG_HDRLEN..).unwrap_or_default();
                 // NLMSG_ERROR and NLMSG_DONE start with an i32 code; an ack is error 0.
-                let code = payload
+                let code = r
+                    .body
                     .get(0..4)
                     .and_then(|b| <[u8; 4]>::try_from(b).ok())
                     .map(i32::from_ne_bytes);
-                let after_code = payload.get(4..).unwrap_or_default();
-                match header.kind {
+                let after_code = r.body.get(4..).unwrap_or_default();
+                match r.msg_type {
                     NLMSG_NOOP => {}
                     NLMSG_ERROR => match code {
                         Some(0) => return Ok((out, interrupted)),
                         Some(code) => {
-                            return Err(nack(op, code, header.flags, after_code, true));
+                            return Err(nack(op, code, r.flags, after_code, true));
                         }
                         None => {
                             return Err(Error::internal(format!(
@@ -286,14 +236,14 @@ impl NlSocket {
                     },
                     NLMSG_DONE => match code {
                         Some(code) if code != 0 => {
-                            return Err(nack(op, code, header.flags, after_code, false));
+                            return Err(nack(op, code, r.flags, after_code, false));
                         }
                         _ => return Ok((out, interrupted)),
                     },
                     NLMSG_OVERRUN => {
                         return Err(Error::internal(format!("netlink {op}: overrun")));
                     }
-                    _ => match decode(raw) {
+                    _ => match decode(r.raw) {
                         Ok(m) => {
                             out.push(m);
                             if reply == Reply::One {

@@ -444,6 +444,20 @@ struct Marker {
     hash: u32,
 }
 
+impl Marker {
+    /// `add map` and `flush map` of this table's marker map (its element is added after).
+    fn map_commands(&self) -> [Value; 2] {
+        let map =
+            json!({"family": self.family.as_str(), "table": self.table, "name": SETUP_MARKER});
+        let mut def = map.clone();
+        if let Some(o) = def.as_object_mut() {
+            o.insert("type".into(), "mark".into());
+            o.insert("map".into(), "mark".into());
+        }
+        [json!({"add": {"map": def}}), json!({"flush": {"map": map}})]
+    }
+}
+
 /// One transaction: the fixed ruleset (tables, sets, chains, rules), then per-attachment
 /// element changes, applied all or nothing by [`apply_to_kernel`].
 ///
@@ -722,14 +736,7 @@ impl Batch {
             .map(|c| serde_json::from_str(&c.text).ok())
             .collect::<Option<_>>()?;
         for m in markers {
-            let map = json!({"family": m.family.as_str(), "table": m.table, "name": SETUP_MARKER});
-            let mut def = map.clone();
-            if let Some(o) = def.as_object_mut() {
-                o.insert("type".into(), "mark".into());
-                o.insert("map".into(), "mark".into());
-            }
-            cmds.push(json!({"add": {"map": def}}));
-            cmds.push(json!({"flush": {"map": map}}));
+            cmds.extend(m.map_commands());
         }
         let mut msgs = setup::setup_messages(&cmds)?;
         for m in markers {
@@ -756,25 +763,14 @@ impl Batch {
             .iter()
             .filter_map(|c| serde_json::from_str(&c.text).ok())
             .collect();
-        for Marker {
-            family,
-            table,
-            hash,
-        } in self.markers()
-        {
-            let map = json!({"family": family.as_str(), "table": table, "name": SETUP_MARKER});
-            let mut def = map.clone();
-            if let Some(o) = def.as_object_mut() {
-                o.insert("type".into(), "mark".into());
-                o.insert("map".into(), "mark".into());
-            }
-            cmds.push(json!({"add": {"map": def}}));
-            cmds.push(json!({"flush": {"map": map}}));
-            let mut elem = map;
-            if let Some(o) = elem.as_object_mut() {
-                o.insert("elem".into(), json!([[0, hash]]));
-            }
-            cmds.push(json!({"add": {"element": elem}}));
+        for m in self.markers() {
+            cmds.extend(m.map_commands());
+            cmds.push(json!({"add": {"element": {
+                "family": m.family.as_str(),
+                "table": m.table,
+                "name": SETUP_MARKER,
+                "elem": [[0, m.hash]],
+            }}}));
         }
         cmds.extend(self.other.iter().cloned());
         for e in &self.elements {

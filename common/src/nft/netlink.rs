@@ -28,28 +28,27 @@ const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 
 // enum nf_tables_msg_types
-const NFT_MSG_NEWCHAIN: u16 = 3;
+pub(super) const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_GETCHAIN: u16 = 4;
-const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_NEWSETELEM: u16 = 12;
-const NFT_MSG_DELSETELEM: u16 = 14;
+pub(super) const NFT_MSG_DELSETELEM: u16 = 14;
 
 // enum nft_chain_attributes
-const NFTA_CHAIN_TABLE: u16 = 1;
-const NFTA_CHAIN_NAME: u16 = 3;
+pub(super) const NFTA_CHAIN_TABLE: u16 = 1;
+pub(super) const NFTA_CHAIN_NAME: u16 = 3;
 // enum nft_rule_attributes
-const NFTA_RULE_TABLE: u16 = 1;
-const NFTA_RULE_CHAIN: u16 = 2;
-const NFTA_RULE_EXPRESSIONS: u16 = 4;
+pub(super) const NFTA_RULE_TABLE: u16 = 1;
+pub(super) const NFTA_RULE_CHAIN: u16 = 2;
+pub(super) const NFTA_RULE_EXPRESSIONS: u16 = 4;
 const NFTA_RULE_USERDATA: u16 = 7;
 // enum nft_list_attributes / nft_expr_attributes
-const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_EXPR_NAME: u16 = 1;
-const NFTA_EXPR_DATA: u16 = 2;
+pub(super) const NFTA_LIST_ELEM: u16 = 1;
+pub(super) const NFTA_EXPR_NAME: u16 = 1;
+pub(super) const NFTA_EXPR_DATA: u16 = 2;
 // enum nft_set_elem_list_attributes
-const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
-const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+pub(super) const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+pub(super) const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 // enum nft_set_elem_attributes
 const NFTA_SET_ELEM_KEY: u16 = 1;
@@ -429,55 +428,83 @@ pub(crate) fn transact(nl: &mut NfSocket, msgs: &[RawMsg]) -> Result<Outcome> {
 // A table as the kernel holds it
 
 const NFT_MSG_GETSET: u16 = 10;
-const NFT_MSG_NEWSET: u16 = 9;
-const NFT_MSG_NEWCHAIN_REPLY: u16 = NFT_MSG_NEWCHAIN;
 /// Attributes that differ between two writings of the same table: handles, use counts,
 /// counters, transaction IDs.
 const SET_VOLATILE: &[u16] = &[10, 16]; // NFTA_SET_ID, NFTA_SET_HANDLE
 const CHAIN_VOLATILE: &[u16] = &[2, 6, 8, 11]; // HANDLE, USE, COUNTERS, ID
 
-/// Kernel: every reply of a dump of `msg_type` objects of `table`: their attributes.
+/// Kernel: a dump of nf_tables objects (`get` is the `NFT_MSG_GET*` type, `attrs` its
+/// filter): the attributes of each object, in the kernel's order, retried while the kernel
+/// says the objects changed during it (`NLM_F_DUMP_INTR`). `None` when the table is missing.
+fn dump_objects(
+    nl: &mut NfSocket,
+    family: Family,
+    get: u16,
+    attrs: &[u8],
+    what: &str,
+) -> Result<Option<Vec<Vec<u8>>>> {
+    // The answer to NFT_MSG_GETx is NFT_MSG_NEWx, one type number below.
+    let new = SUBSYS_NFTABLES << 8 | (get - 1);
+    for _ in 0..3 {
+        let mut req = Vec::new();
+        let seq = nl.next_seq();
+        nfnetlink::put_message(
+            &mut req,
+            SUBSYS_NFTABLES << 8 | get,
+            NLM_F_DUMP,
+            seq,
+            nfproto(family),
+            0,
+            attrs,
+        );
+        nl.send(&req, "dump")?;
+        let mut objects = Vec::new();
+        let mut interrupted = false;
+        let end = loop {
+            let n = nl.recv("dump")?;
+            let mut end = None;
+            for r in nfnetlink::replies(nl.buf.get(..n).unwrap_or(&[]))? {
+                if r.seq != seq {
+                    continue;
+                }
+                interrupted |= r.flags & NLM_F_DUMP_INTR != 0;
+                match r.errno() {
+                    Some(e) => end = Some(e),
+                    None if r.msg_type == new => objects.push(r.attrs().to_vec()),
+                    None => {}
+                }
+            }
+            if let Some(e) = end {
+                break e;
+            }
+        };
+        match end {
+            0 if interrupted => continue,
+            0 => return Ok(Some(objects)),
+            e if e == libc::ENOENT => return Ok(None),
+            e => return Err(Error::netlink(format!("listing {what}"), e)),
+        }
+    }
+    Err(Error::internal(format!(
+        "listing {what}: the objects kept changing during the dump"
+    )))
+}
+
+/// Kernel: the attributes of every set (or chain, by `get`) of `table`.
 fn dump_table_objects(
     nl: &mut NfSocket,
     family: Family,
     table: &str,
     get: u16,
-    new: u16,
 ) -> Result<Vec<Vec<u8>>> {
-    let mut req = Vec::new();
     let mut a = Vec::new();
     put_str(&mut a, 1, table); // NFTA_SET_TABLE, NFTA_CHAIN_TABLE
-    let seq = nl.next_seq();
-    nfnetlink::put_message(
-        &mut req,
-        SUBSYS_NFTABLES << 8 | get,
-        NLM_F_DUMP,
-        seq,
-        nfproto(family),
-        0,
-        &a,
-    );
-    nl.send(&req, "dump table")?;
-    let mut out = Vec::new();
-    loop {
-        let n = nl.recv("dump table")?;
-        for r in nfnetlink::replies(nl.buf.get(..n).unwrap_or(&[]))? {
-            if r.seq != seq {
-                continue;
-            }
-            if let Some(e) = r.errno() {
-                return match e {
-                    0 => Ok(out),
-                    e => Err(Error::netlink("dump table", e)),
-                };
-            }
-            if r.msg_type == SUBSYS_NFTABLES << 8 | new
-                && find(r.attrs(), 1).and_then(nfnetlink::as_str) == Some(table)
-            {
-                out.push(r.attrs().to_vec());
-            }
-        }
-    }
+    let objects = dump_objects(nl, family, get, &a, &format!("{family} {table}"))?;
+    Ok(objects
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|o| find(o, 1).and_then(nfnetlink::as_str) == Some(table))
+        .collect())
 }
 
 /// `attrs` without the `volatile` ones, as text: `type=hex` each, in order.
@@ -494,28 +521,21 @@ fn stable_attrs(attrs: &[u8], volatile: &[u16]) -> String {
 
 /// Kernel: a description of `table` (its sets and maps, its chains, every rule's
 /// expressions) that is the same for two writings of the same ruleset, whoever wrote them.
-/// For tests holding [`super::setup`] to `nft`.
+/// For tests holding the `setup` encoder to `nft`.
 #[doc(hidden)]
 pub fn describe_table_in_kernel(family: Family, table: &str) -> Result<String> {
     let mut nl = NfSocket::open("nftables")?;
     let mut lines = Vec::new();
-    let mut sets: Vec<String> =
-        dump_table_objects(&mut nl, family, table, NFT_MSG_GETSET, NFT_MSG_NEWSET)?
-            .iter()
-            .map(|a| format!("set {}", stable_attrs(a, SET_VOLATILE)))
-            .collect();
+    let mut sets: Vec<String> = dump_table_objects(&mut nl, family, table, NFT_MSG_GETSET)?
+        .iter()
+        .map(|a| format!("set {}", stable_attrs(a, SET_VOLATILE)))
+        .collect();
     sets.sort();
     lines.extend(sets);
-    let mut chains: Vec<String> = dump_table_objects(
-        &mut nl,
-        family,
-        table,
-        NFT_MSG_GETCHAIN,
-        NFT_MSG_NEWCHAIN_REPLY,
-    )?
-    .iter()
-    .map(|a| format!("chain {}", stable_attrs(a, CHAIN_VOLATILE)))
-    .collect();
+    let mut chains: Vec<String> = dump_table_objects(&mut nl, family, table, NFT_MSG_GETCHAIN)?
+        .iter()
+        .map(|a| format!("chain {}", stable_attrs(a, CHAIN_VOLATILE)))
+        .collect();
     chains.sort();
     lines.extend(chains);
     let rules = dump_rules(&mut nl, family, table, None)?.unwrap_or_default();
@@ -692,62 +712,26 @@ fn dump_rules(
     table: &str,
     chain: Option<&str>,
 ) -> Result<Option<Vec<(String, KernelRule)>>> {
-    let what = format!("{family} {table} {}", chain.unwrap_or(""));
-    for _ in 0..3 {
-        let mut req = Vec::new();
-        let mut a = Vec::new();
-        put_str(&mut a, NFTA_RULE_TABLE, table);
-        if let Some(c) = chain {
-            put_str(&mut a, NFTA_RULE_CHAIN, c);
-        }
-        let seq = nl.next_seq();
-        nfnetlink::put_message(
-            &mut req,
-            SUBSYS_NFTABLES << 8 | NFT_MSG_GETRULE,
-            NLM_F_DUMP,
-            seq,
-            nfproto(family),
-            0,
-            &a,
-        );
-        nl.send(&req, "dump rules")?;
-        let mut rules = Vec::new();
-        let mut interrupted = false;
-        let end = loop {
-            let n = nl.recv("dump rules")?;
-            let mut end = None;
-            for r in nfnetlink::replies(nl.buf.get(..n).unwrap_or(&[]))? {
-                if r.seq != seq {
-                    continue;
-                }
-                interrupted |= r.flags & NLM_F_DUMP_INTR != 0;
-                match (r.msg_type, r.errno()) {
-                    (_, Some(e)) => end = Some(e),
-                    (t, None) if t == SUBSYS_NFTABLES << 8 | NFT_MSG_NEWRULE => {
-                        let attrs = r.attrs();
-                        let chain_name = find(attrs, NFTA_RULE_CHAIN)
-                            .and_then(nfnetlink::as_str)
-                            .unwrap_or("")
-                            .to_string();
-                        rules.push((chain_name, KernelRule::parse(attrs)));
-                    }
-                    (_, None) => {}
-                }
-            }
-            if let Some(e) = end {
-                break e;
-            }
-        };
-        match end {
-            0 if interrupted => continue,
-            0 => return Ok(Some(rules)),
-            e if e == libc::ENOENT => return Ok(None),
-            e => return Err(Error::netlink(format!("listing {what}"), e)),
-        }
+    let mut a = Vec::new();
+    put_str(&mut a, NFTA_RULE_TABLE, table);
+    if let Some(c) = chain {
+        put_str(&mut a, NFTA_RULE_CHAIN, c);
     }
-    Err(Error::internal(format!(
-        "listing {what}: the rules kept changing during the dump"
-    )))
+    let what = format!("{family} {table} {}", chain.unwrap_or(""));
+    Ok(
+        dump_objects(nl, family, NFT_MSG_GETRULE, &a, &what)?.map(|rules| {
+            rules
+                .iter()
+                .map(|attrs| {
+                    let chain_name = find(attrs, NFTA_RULE_CHAIN)
+                        .and_then(nfnetlink::as_str)
+                        .unwrap_or("")
+                        .to_string();
+                    (chain_name, KernelRule::parse(attrs))
+                })
+                .collect()
+        }),
+    )
 }
 
 #[cfg(test)]
@@ -1088,7 +1072,7 @@ mod tests {
         );
 
         // CHECK's repair hook: after forgetting (even from an emptied marker map), the next
-        // ADD writes the rules again through nft.
+        // ADD writes the rules again.
         nft_cmd(&["flush", "map", "inet", T.name, SETUP_MARKER]);
         ns.run(|| nft::forget_setup_in_kernel(&[T]));
         let marker = ns.run(|| {
@@ -1132,22 +1116,9 @@ mod tests {
             add chain ip filter FORWARD { type filter hook forward priority 0; policy drop; }\n\
             add rule ip filter FORWARD ip saddr 10.0.0.1 counter accept\n\
             add rule ip filter FORWARD meta mark & 0x10 == 0x10 accept comment \"hello there\"\n";
-        let out = ns.run(|| {
-            let mut child = std::process::Command::new("nft")
-                .args(["-f", "-"])
-                .stdin(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(script.as_bytes())
-                .unwrap();
-            child.wait().unwrap()
-        });
-        assert!(out.success());
+        ns.run(|| crate::nft::apply_text_to_kernel(script))
+            .unwrap()
+            .unwrap();
         let rules = ns
             .run(|| chain_rules_in_kernel(Family::Ip, "filter", "FORWARD"))
             .unwrap()
