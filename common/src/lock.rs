@@ -35,6 +35,16 @@ fn open(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
+/// Takes the exclusive lock on `path` if it is free now; `Ok(None)` when another holds it.
+pub fn try_lock(path: &Path) -> Result<Option<LockGuard>> {
+    let file = open(path).with_io_context(|| format!("opening the lock {}", path.display()))?;
+    match fs2::FileExt::try_lock_exclusive(&file) {
+        Ok(()) => Ok(Some(LockGuard { file })),
+        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(None),
+        Err(e) => Err(Error::io(format!("locking {}", path.display()), e)),
+    }
+}
+
 /// Takes the exclusive lock on `path`, waiting at most `timeout` (code 11 past it; `hint`
 /// is added to that message, e.g. the config key setting the timeout).
 pub fn lock(path: &Path, timeout: Duration, hint: &str) -> Result<LockGuard> {

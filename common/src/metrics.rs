@@ -10,10 +10,13 @@
 //! - `cni_operation_errors_total` (counter, with `code`, the CNI error code): failed ones;
 //! - `cni_operation_duration_seconds` (histogram, buckets from 1 ms to 10 s): their duration.
 //!
-//! An update takes an flock on the sibling `<file>.lock` (waiting at most [`LOCK_TIMEOUT`];
-//! past it the update is skipped with a warning), reads the file, adds the operation, writes
+//! An update never waits for another invocation. When the flock on the sibling `<file>.lock` is
+//! free, it reads the file, adds the operation (and any left in `<file>.pending/`), writes
 //! `<file>.tmp` (mode 0644), fsyncs it and renames it over the file, so a reader sees either
-//! the old or the new file, never a partial one. The file is this module's own: lines of other
+//! the old or the new file, never a partial one. When another invocation holds the lock, the
+//! operation is left as one small file in `<file>.pending/` instead, and whoever holds the
+//! lock adds it: every holder looks there again after releasing the lock, so no operation
+//! waits for a later one to be counted. The file is this module's own: lines of other
 //! families are not kept. Metrics never fail an operation: every problem is a warning.
 
 use crate::lock;
@@ -28,8 +31,11 @@ use std::time::Duration;
 /// Environment variable naming the metrics file (wins over the `metricsFile` key).
 pub const ENV_FILE: &str = "CNI_METRICS_FILE";
 
-/// The longest an invocation waits for another one's update before skipping its own.
-pub const LOCK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How many times one invocation goes back for operations left while it held the lock.
+const MAX_ROUNDS: usize = 16;
+
+/// The extension of an operation left in `<file>.pending/` (others there are ignored).
+const PENDING_EXT: &str = "obs";
 
 /// Upper bounds of the duration histogram's buckets, in seconds (`+Inf` is implied).
 pub const BUCKETS: [f64; 13] = [
@@ -336,14 +342,135 @@ pub fn try_update(path: &Path, o: &Observation) -> crate::Result<()> {
             .create(parent)
             .with_io_context(|| format!("creating {}", parent.display()))?;
     }
-    let _guard = lock::lock(&sibling(path, ".lock"), LOCK_TIMEOUT, "")?;
+    let lock_path = sibling(path, ".lock");
+    match lock::try_lock(&lock_path)? {
+        Some(guard) => write_locked(path, Some(o), guard)?,
+        None => leave_pending(path, o)?,
+    }
+    // The lock is free again (or someone else holds it and will look here after releasing
+    // it): take in what was left meanwhile.
+    for _ in 0..MAX_ROUNDS {
+        if pending_files(path).is_empty() {
+            break;
+        }
+        match lock::try_lock(&lock_path)? {
+            Some(guard) => write_locked(path, None, guard)?,
+            None => break,
+        }
+    }
+    Ok(())
+}
+
+fn pending_dir(path: &Path) -> PathBuf {
+    sibling(path, ".pending")
+}
+
+/// The operations waiting in `<file>.pending/`.
+fn pending_files(path: &Path) -> Vec<PathBuf> {
+    let Ok(dir) = std::fs::read_dir(pending_dir(path)) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == PENDING_EXT))
+        .collect()
+}
+
+/// Leaves `o` in `<file>.pending/` for the lock's holder: written under a hidden name and
+/// renamed, so a holder reads it whole or not at all.
+fn leave_pending(path: &Path, o: &Observation) -> crate::Result<()> {
+    use crate::error::IoContext;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let dir = pending_dir(path);
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&dir)
+        .with_io_context(|| format!("creating {}", dir.display()))?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let name = format!(
+        "{}-{nanos}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let done = dir.join(format!("{name}.{PENDING_EXT}"));
+    let record = serde_json::json!({
+        "plugin": o.plugin,
+        "command": o.command,
+        "seconds": o.duration.as_secs_f64(),
+        "code": o.error_code,
+    });
+    let write = || -> std::io::Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        f.write_all(record.to_string().as_bytes())?;
+        std::fs::rename(&tmp, &done)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        crate::Error::io(format!("writing {}", done.display()), e)
+    })
+}
+
+/// Adds a pending operation's record to `m`; false when it is unreadable.
+fn record_pending(m: &mut Metrics, file: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(file) else {
+        return false;
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return false;
+    };
+    let (Some(plugin), Some(command)) = (v["plugin"].as_str(), v["command"].as_str()) else {
+        return false;
+    };
+    let Some(duration) = v["seconds"]
+        .as_f64()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+    else {
+        return false;
+    };
+    let error_code = v["code"].as_u64().and_then(|c| u32::try_from(c).ok());
+    m.record(&Observation {
+        plugin,
+        command,
+        duration,
+        error_code,
+    });
+    true
+}
+
+/// With the lock held: the file plus `own` plus every pending operation, written whole; the
+/// pending files taken in are removed after the file is in place.
+fn write_locked(
+    path: &Path,
+    own: Option<&Observation>,
+    guard: lock::LockGuard,
+) -> crate::Result<()> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(crate::Error::io(format!("reading {}", path.display()), e)),
     };
     let mut m = Metrics::parse(&text);
-    m.record(o);
+    let pending = pending_files(path);
+    for file in &pending {
+        if !record_pending(&mut m, file) {
+            log::warn!("metrics: dropping unreadable {}", file.display());
+        }
+    }
+    if let Some(o) = own {
+        m.record(o);
+    } else if pending.is_empty() {
+        return Ok(());
+    }
     let tmp = sibling(path, ".tmp");
     let write = || -> std::io::Result<()> {
         let mut f = OpenOptions::new()
@@ -361,7 +488,12 @@ pub fn try_update(path: &Path, o: &Observation) -> crate::Result<()> {
     write().map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         crate::Error::io(format!("writing {}", path.display()), e)
-    })
+    })?;
+    for file in &pending {
+        let _ = std::fs::remove_file(file);
+    }
+    drop(guard);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -439,5 +571,85 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o644);
         assert!(!sibling(&path, ".tmp").exists());
+    }
+
+    #[test]
+    fn a_held_lock_never_makes_an_update_wait_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cni.prom");
+        update(&path, &obs("bridge", "ADD", 2, None));
+        let held = lock::try_lock(&sibling(&path, ".lock")).unwrap().unwrap();
+        let t = std::time::Instant::now();
+        update(&path, &obs("loopback", "ADD", 1, None));
+        update(&path, &obs("loopback", "DEL", 1, Some(7)));
+        assert!(
+            t.elapsed() < Duration::from_millis(200),
+            "waited {:?}",
+            t.elapsed()
+        );
+        // Left for the holder: the file is unchanged so far.
+        assert_eq!(pending_files(&path).len(), 2);
+        let m = Metrics::parse(&std::fs::read_to_string(&path).unwrap());
+        assert_eq!(m.operations.len(), 1);
+        drop(held);
+        // The next update takes them in.
+        update(&path, &obs("bridge", "DEL", 3, None));
+        let m = Metrics::parse(&std::fs::read_to_string(&path).unwrap());
+        for (p, c) in [
+            ("bridge", "ADD"),
+            ("loopback", "ADD"),
+            ("loopback", "DEL"),
+            ("bridge", "DEL"),
+        ] {
+            assert_eq!(m.operations[&(p.into(), c.into())], 1, "{p} {c}");
+        }
+        assert_eq!(m.errors[&("loopback".into(), "DEL".into(), "7".into())], 1);
+        assert!(pending_files(&path).is_empty());
+        let stray: Vec<_> = std::fs::read_dir(pending_dir(&path))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(stray.is_empty(), "{stray:?}");
+    }
+
+    #[test]
+    fn concurrent_updates_are_all_counted_once_they_are_done() {
+        const THREADS: usize = 12;
+        const EACH: usize = 25;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cni.prom");
+        std::thread::scope(|s| {
+            for _ in 0..THREADS {
+                s.spawn(|| {
+                    for _ in 0..EACH {
+                        update(&path, &obs("tuning", "ADD", 1, None));
+                    }
+                });
+            }
+        });
+        let m = Metrics::parse(&std::fs::read_to_string(&path).unwrap());
+        assert_eq!(
+            m.operations[&("tuning".into(), "ADD".into())],
+            (THREADS * EACH) as u64
+        );
+        assert!(pending_files(&path).is_empty());
+    }
+
+    #[test]
+    fn unreadable_pending_records_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cni.prom");
+        std::fs::create_dir_all(pending_dir(&path)).unwrap();
+        std::fs::write(pending_dir(&path).join("x.obs"), "not json").unwrap();
+        std::fs::write(
+            pending_dir(&path).join("y.obs"),
+            r#"{"plugin":"p","command":"ADD","seconds":-1}"#,
+        )
+        .unwrap();
+        update(&path, &obs("p", "DEL", 1, None));
+        let m = Metrics::parse(&std::fs::read_to_string(&path).unwrap());
+        assert_eq!(m.operations.len(), 1);
+        assert!(pending_files(&path).is_empty());
     }
 }
