@@ -245,15 +245,35 @@ pub fn gc(store: &mut dyn Store, valid: &[Attachment]) -> Result<Vec<IpAddr>> {
     }
 }
 
-/// STATUS: true when range set `idx` has an address an ADD could take.
-pub fn has_free(store: &mut dyn Store, set: &RangeSet, idx: usize) -> Result<bool> {
+/// How many candidates STATUS tries one by one before it counts the allocations instead.
+pub const STATUS_PROBES: usize = 32;
+
+/// STATUS: true when range set `idx` has an address an ADD could take. The first
+/// [`STATUS_PROBES`] candidates are tried in ADD's order (after round-robin the next one is
+/// nearly always free); past them, `allocated` (every allocated address, each once) decides by
+/// counting, so a full or nearly full set costs one listing, not a lookup per address.
+pub fn has_free(
+    store: &mut dyn Store,
+    set: &RangeSet,
+    idx: usize,
+    allocated: &mut dyn FnMut() -> Result<Vec<IpAddr>>,
+) -> Result<bool> {
     let last = store.last_reserved_ip(idx);
-    for (ip, _) in set.walk(last) {
+    let mut tried = 0u128;
+    for (ip, _) in set.walk(last).take(STATUS_PROBES) {
         if !store.is_taken(ip)? {
             return Ok(true);
         }
+        tried += 1;
     }
-    Ok(false)
+    if tried == set.capacity() {
+        return Ok(false);
+    }
+    let taken = allocated()?
+        .into_iter()
+        .filter(|ip| set.is_allocatable(*ip))
+        .count();
+    Ok((taken as u128) < set.capacity())
 }
 
 /// An in-memory [`Store`] (the unit tests' fake).
@@ -516,12 +536,58 @@ mod tests {
         assert!(s.ips.is_empty());
     }
 
+    fn free(s: &mut MemStore, set: &RangeSet) -> bool {
+        let all: Vec<IpAddr> = s.ips.keys().copied().collect();
+        has_free(s, set, 0, &mut || Ok(all.clone())).unwrap()
+    }
+
     #[test]
     fn has_free_sees_a_full_set() {
         let mut s = MemStore::default();
         let set = set("10.0.0.0/30"); // only .2 (gateway .1)
-        assert!(has_free(&mut s, &set, 0).unwrap());
+        assert!(free(&mut s, &set));
         alloc(&mut s, &set, "c1").unwrap();
-        assert!(!has_free(&mut s, &set, 0).unwrap());
+        assert!(!free(&mut s, &set));
+    }
+
+    #[test]
+    fn has_free_counts_past_the_probes() {
+        let set = set("10.0.0.0/24"); // 253 addresses
+        let mut s = MemStore::default();
+        for i in 0..253 {
+            alloc(&mut s, &set, &format!("c{i}")).unwrap();
+        }
+        assert!(!free(&mut s, &set));
+        // Addresses outside the set and the gateway do not count as taken.
+        s.ips.insert(ip("10.0.0.1"), Owner::new("gw", "eth0"));
+        s.ips.insert(ip("10.0.1.9"), Owner::new("other", "eth0"));
+        assert!(!free(&mut s, &set));
+        // One address free far from where round-robin goes next (after .254, the last
+        // reserved: .2, .3, ...): found by counting.
+        assert_eq!(s.last[&0], ip("10.0.0.254"));
+        let far = ip("10.0.0.200");
+        s.ips.remove(&far);
+        let mut listed = false;
+        let all: Vec<IpAddr> = s.ips.keys().copied().collect();
+        assert!(
+            has_free(&mut s, &set, 0, &mut || {
+                listed = true;
+                Ok(all.clone())
+            })
+            .unwrap()
+        );
+        assert!(listed, "the probes alone cannot see {far}");
+        // A free address right after the last reserved needs no listing.
+        s.ips.remove(&ip("10.0.0.2"));
+        s.last.insert(0, ip("10.0.0.254"));
+        let mut listed = false;
+        assert!(
+            has_free(&mut s, &set, 0, &mut || {
+                listed = true;
+                Ok(Vec::new())
+            })
+            .unwrap()
+        );
+        assert!(!listed);
     }
 }

@@ -37,6 +37,11 @@ const STAGING: &str = "staging";
 
 /// The name of an allocation file if `name` is one: an address in its canonical spelling.
 fn allocation_name(name: &str) -> Option<IpAddr> {
+    // An IPv4 address parses only in its canonical dotted-decimal spelling (no leading
+    // zeros): no need to print it again to compare.
+    if let Ok(v4) = name.parse::<std::net::Ipv4Addr>() {
+        return Some(IpAddr::V4(v4));
+    }
     let ip: IpAddr = name.parse().ok()?;
     (canonical(ip) == ip && ip.to_string() == name).then_some(ip)
 }
@@ -63,6 +68,24 @@ pub fn scan(dir: &Path) -> Result<HashMap<Owner, BTreeSet<IpAddr>>> {
         }
     }
     Ok(map)
+}
+
+/// Every allocated address of `dir`, from the names of its entries alone (no file is read):
+/// what STATUS counts. A missing directory holds none.
+pub fn allocated_addresses(dir: &Path) -> Result<Vec<IpAddr>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.with_io_context(|| format!("listing {}", dir.display()))?;
+        if let Some(ip) = entry.file_name().to_str().and_then(allocation_name) {
+            out.push(ip);
+        }
+    }
+    Ok(out)
 }
 
 /// The store of one network, locked for the lifetime of this value.
@@ -573,6 +596,47 @@ mod tests {
 
     fn open(d: &Path) -> DiskStore {
         DiskStore::open(d, NET, T, true).unwrap().unwrap()
+    }
+
+    #[test]
+    fn only_canonical_spellings_are_allocation_names() {
+        for good in ["10.0.0.1", "0.0.0.0", "fd00::1", "2001:db8::a:1"] {
+            assert_eq!(allocation_name(good), Some(ip(good)), "{good}");
+        }
+        for bad in [
+            "010.0.0.1",
+            "10.0.0.01",
+            "10.0.0.1 ",
+            "fd00:0::1",
+            "FD00::1",
+            "::ffff:10.0.0.1",
+            "lock",
+            "last_reserved_ip.0",
+        ] {
+            assert_eq!(allocation_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn allocated_addresses_lists_names_only() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(
+            allocated_addresses(&d.path().join("missing"))
+                .unwrap()
+                .is_empty()
+        );
+        for name in [
+            "10.0.0.2",
+            "10.0.0.3",
+            "lock",
+            "last_reserved_ip.0",
+            "010.0.0.4",
+        ] {
+            std::fs::write(d.path().join(name), "c\r\neth0").unwrap();
+        }
+        let mut got = allocated_addresses(d.path()).unwrap();
+        got.sort();
+        assert_eq!(got, [ip("10.0.0.2"), ip("10.0.0.3")]);
     }
 
     fn add(d: &Path, cid: &str) -> Result<IpAddr> {

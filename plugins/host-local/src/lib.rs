@@ -131,10 +131,20 @@ impl Plugin for HostLocal {
         let dir = conf.network_dir();
         writable(&dir)?;
         let mut probe = Probe::new(&dir);
+        // Listed at most once, and only when some set is (nearly) full.
+        let mut listing: Option<Vec<IpAddr>> = None;
+        let mut allocated = || -> Result<Vec<IpAddr>> {
+            if listing.is_none() {
+                listing = Some(disk::allocated_addresses(&dir)?);
+            }
+            Ok(listing.clone().unwrap_or_default())
+        };
         for (idx, set) in conf.ranges.iter().enumerate() {
-            if !allocator::has_free(&mut probe, set, idx)? {
+            if !allocator::has_free(&mut probe, set, idx, &mut allocated)? {
                 return Err(Error::NotAvailable(format!(
-                    "no IP addresses available in range set {idx}: {set}"
+                    "no IP addresses available in range set {idx}: {set} (network {:?}, {})",
+                    conf.name,
+                    dir.display()
                 )));
             }
         }

@@ -207,6 +207,24 @@ impl RangeSet {
         self.range_for(ip).is_some()
     }
 
+    /// How many addresses the set can hand out: every address of each range but its
+    /// gateway (exactly what [`RangeSet::walk`] yields).
+    pub fn capacity(&self) -> u128 {
+        self.0
+            .iter()
+            .map(|r| {
+                let size = (to_u128(r.end) - to_u128(r.start)).saturating_add(1);
+                size - u128::from(r.contains(r.gateway))
+            })
+            .fold(0, u128::saturating_add)
+    }
+
+    /// True when `ip` is one [`RangeSet::walk`] yields: in a range and not its gateway.
+    pub fn is_allocatable(&self, ip: IpAddr) -> bool {
+        self.range_for(ip)
+            .is_some_and(|r| canonical(ip) != r.gateway)
+    }
+
     pub fn overlaps(&self, other: &RangeSet) -> bool {
         self.0.iter().any(|a| other.0.iter().any(|b| a.overlaps(b)))
     }
@@ -365,6 +383,41 @@ mod tests {
         // A last address outside the set restarts at the first range's start.
         let outside: Vec<IpAddr> = set.walk(Some(ip("192.168.0.1"))).map(|x| x.0).collect();
         assert_eq!(outside.first(), Some(&ip("10.0.0.2")));
+    }
+
+    #[test]
+    fn capacity_is_what_the_walk_yields() {
+        let r = |sub: &str, a: Option<&str>, b: Option<&str>, gw: Option<&str>| {
+            Range::new(net(sub), a.map(ip), b.map(ip), gw.map(ip)).unwrap()
+        };
+        let sets = [
+            RangeSet::new(vec![r("10.0.0.0/24", None, None, None)]).unwrap(),
+            RangeSet::new(vec![r("10.0.0.0/30", None, None, None)]).unwrap(),
+            // The gateway outside the range is not subtracted.
+            RangeSet::new(vec![r(
+                "10.0.0.0/24",
+                Some("10.0.0.10"),
+                Some("10.0.0.19"),
+                None,
+            )])
+            .unwrap(),
+            RangeSet::new(vec![
+                r("10.0.0.0/24", Some("10.0.0.1"), Some("10.0.0.5"), None),
+                r("10.0.1.0/28", None, None, Some("10.0.1.7")),
+            ])
+            .unwrap(),
+            RangeSet::new(vec![r("fd00::/120", None, None, None)]).unwrap(),
+        ];
+        for set in &sets {
+            let walked: Vec<IpAddr> = set.walk(None).map(|(ip, _)| ip).collect();
+            assert_eq!(set.capacity(), walked.len() as u128, "{set}");
+            assert!(walked.iter().all(|ip| set.is_allocatable(*ip)), "{set}");
+        }
+        assert_eq!(sets[0].capacity(), 253);
+        assert!(!sets[0].is_allocatable(ip("10.0.0.1")), "the gateway");
+        assert!(!sets[0].is_allocatable(ip("10.0.0.255")), "broadcast");
+        let big = RangeSet::new(vec![r("fd00::/64", None, None, None)]).unwrap();
+        assert_eq!(big.capacity(), (1u128 << 64) - 2);
     }
 
     #[test]
