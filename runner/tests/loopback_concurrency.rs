@@ -25,7 +25,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
-use testkit::{Run, TestNs, have_root, run_args_in, tcp_exchange};
+use testkit::{Run, TestNs, have_root, run_args_in, tcp_exchange, tcp_via};
 
 /// containerd's loopback list, byte for byte what go-cni loads.
 const LOOPBACK_LIST: &str =
@@ -119,6 +119,8 @@ impl Node {
         if netns {
             argv.extend(["--netns", &pod.netns]);
         }
+        let caps = pod.capability_args().to_string();
+        argv.extend(["--capability-args", &caps]);
         let metrics = self.metrics();
         let log = self.log();
         let env = [
@@ -185,6 +187,7 @@ impl Node {
 }
 
 struct Pod {
+    index: usize,
     ns: Option<TestNs>,
     netns: String,
     sandbox: String,
@@ -200,6 +203,7 @@ impl Pod {
         let seed = testkit::unique_name("p");
         let h = |salt: &str| format!("{:016x}", common::naming::fnv1a64(&[&seed, salt]));
         Pod {
+            index: i,
             netns: ns.path().to_string(),
             ns: Some(ns),
             sandbox: format!("{}{}{}{}", h("a"), h("b"), h("c"), h("d")),
@@ -210,6 +214,28 @@ impl Pod {
 
     fn ns(&self) -> &TestNs {
         self.ns.as_ref().unwrap()
+    }
+
+    /// The host port published for the pod's port 8080.
+    fn host_port(&self) -> u16 {
+        18200 + self.index as u16
+    }
+
+    /// Capability args as containerd passes them to both lists: go-cni's structures have no
+    /// JSON tags, so the keys inside are Go field names; bandwidth's burst is MaxUint32.
+    fn capability_args(&self) -> Value {
+        json!({
+            "portMappings": [{
+                "HostPort": self.host_port(), "ContainerPort": 8080,
+                "Protocol": "tcp", "HostIP": ""
+            }],
+            "bandwidth": {
+                "IngressRate": 1_000_000_000u64, "IngressBurst": 4_294_967_295u64,
+                "EgressRate": 0, "EgressBurst": 0
+            },
+            "dns": {"Servers": ["10.96.0.10"], "Searches": ["default.svc.cluster.local"], "Options": ["ndots:5"]},
+            "io.kubernetes.cri.pod-annotations": {"kubernetes.io/ingress-bandwidth": "1G"}
+        })
     }
 }
 
@@ -336,6 +362,35 @@ fn loopback_and_the_pod_chain_run_at_once_for_many_pods() {
             SocketAddr::new(ip, 7510 + i as u16),
         )
         .unwrap_or_else(|e| panic!("pod-1 -> pod-0 ({ip}): {e}"));
+    }
+    // The bandwidth, given with Go field names, shapes the pod's host veth.
+    for (pod, result) in pods.iter().zip(&results).take(2) {
+        let veth = result["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["sandbox"].as_str().is_none_or(str::is_empty))
+            .filter_map(|i| i["name"].as_str())
+            .find(|n| *n != "cni0")
+            .unwrap_or_else(|| panic!("{}: no host veth in {result}", pod.name));
+        let out = node.host.exec("tc", &["qdisc", "show", "dev", veth]);
+        let qdiscs = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            qdiscs.contains("qdisc tbf"),
+            "{}: {veth}: {qdiscs}",
+            pod.name
+        );
+    }
+    // The hostPort, given with containerd's Go field names, is published.
+    for pod in pods.iter().take(2) {
+        let host_port = SocketAddr::new("127.0.0.1".parse().unwrap(), pod.host_port());
+        tcp_via(
+            pod.ns(),
+            "0.0.0.0:8080".parse().unwrap(),
+            &node.host,
+            host_port,
+        )
+        .unwrap_or_else(|e| panic!("{}: host port {host_port}: {e}", pod.name));
     }
 
     // StopPodSandbox: the first DEL of both lists at once (with the netns path and the

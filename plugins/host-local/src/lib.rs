@@ -141,7 +141,7 @@ impl Plugin for HostLocal {
             if !allocator::has_free(&mut probe, set, idx, &mut allocated)? {
                 return Err(Error::NotAvailable(format!(
                     "no IP addresses available in range set {idx}: {set} (network {:?}, {})",
-                    conf.name,
+                    conf.store.name,
                     dir.display()
                 )));
             }
