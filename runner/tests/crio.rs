@@ -160,8 +160,8 @@ impl Pod {
     }
 }
 
-/// The CRI-O node's chain. `version` is the list's cniVersion.
-fn chain(name: &str, version: &str, tmp: &Path) -> Value {
+/// The CRI-O node's chain. `version` is the list's cniVersion, `subnet` the IPv4 pod CIDR.
+fn chain(name: &str, version: &str, tmp: &Path, subnet: &str) -> Value {
     json!({
         "cniVersion": version,
         "name": name,
@@ -171,7 +171,7 @@ fn chain(name: &str, version: &str, tmp: &Path) -> Value {
                 "hairpinMode": true,
                 "ipam": {
                     "type": "host-local",
-                    "ranges": [[{"subnet": "10.185.0.0/24"}], [{"subnet": "fd85::/64"}]],
+                    "ranges": [[{"subnet": subnet}], [{"subnet": "fd85::/64"}]],
                     "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
                     "dataDir": tmp.join("ipam")
                 }
@@ -198,9 +198,13 @@ struct Node {
 
 impl Node {
     fn new(version: &str) -> Node {
+        Node::with_subnet(version, "10.185.0.0/24")
+    }
+
+    fn with_subnet(version: &str, subnet: &str) -> Node {
         let tmp = tempfile::tempdir().unwrap();
         let name = testkit::unique_name("crio");
-        let list = chain(&name, version, tmp.path());
+        let list = chain(&name, version, tmp.path(), subnet);
         let conflist = tmp.path().join("10-crio.conflist");
         std::fs::write(&conflist, serde_json::to_vec_pretty(&list).unwrap()).unwrap();
         Node {
@@ -734,6 +738,59 @@ fn crio_conventions_churn_restart_check_gc_and_del_with_the_netns_gone() {
     node.assert_empty(&all);
     // The network is still usable: STATUS says so.
     node.cnirun("status", &[]).ok();
+}
+
+/// STATUS of the whole list, as CRI-O asks it, says something true: 50 from host-local
+/// (forwarded by bridge) while the pool is full or the data directory cannot be written, 0
+/// otherwise.
+#[test]
+fn status_through_the_chain_reports_a_full_pool_and_a_read_only_data_dir() {
+    if !have_root() {
+        return;
+    }
+    // A /30: one address besides the gateway.
+    let node = Node::with_subnet("1.1.0", "10.185.7.0/30");
+    node.cnirun("status", &[]).ok();
+    let pod = Pod::new("only", Shaping::None);
+    node.add(&pod);
+    let r = node.cnirun("status", &[]);
+    assert_eq!(r.err_code(), 50, "{}", r.stdout);
+    let msg = r.json()["msg"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("plugin type=\"bridge\"")
+            && msg.contains("no IP addresses available in range set 0: 10.185.7.1-10.185.7.2")
+            && msg.contains(&format!("network {:?}", node.name)),
+        "{msg}"
+    );
+    // The pod already there is not affected.
+    node.check(&pod);
+    node.del(&pod);
+    node.cnirun("status", &[]).ok();
+
+    // The data directory on a read-only file system (a read-only tmpfs over it, in a
+    // private mount namespace that the runner and its plugins share).
+    let ipam = node.tmp.path().join("ipam");
+    let bin = testkit::bin_dir();
+    let script = format!(
+        "mount -t tmpfs -o ro none {ipam} && exec {cnirun} status --conflist {list} --cache-dir {cache} --cni-path {bin}",
+        ipam = ipam.display(),
+        cnirun = testkit::bin("cnirun").display(),
+        list = node.conflist.display(),
+        cache = node.cache_dir().display(),
+        bin = bin.display(),
+    );
+    let r = run_args_in(
+        &node.host,
+        Path::new("/usr/bin/unshare"),
+        &["-m", "sh", "-c", &script],
+        &[],
+        "",
+    );
+    assert!(!r.stderr.contains("mount:"), "{}", r.stderr);
+    assert_eq!(r.err_code(), 50, "{} {}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("not writable"), "{}", r.stdout);
+    node.cnirun("status", &[]).ok();
+    node.assert_empty(&[&pod]);
 }
 
 /// The same chain at cniVersion 1.0.0 run by libcni's own cnitool with CRI-O's CNI_ARGS and
