@@ -412,21 +412,31 @@ fn chains_exist(nl: &mut NfSocket, chains: &[(Family, &str, &str)]) -> Result<Ve
     Ok(answers.into_iter().map(|a| a == Some(true)).collect())
 }
 
-/// Kernel: the rules of one chain, in order; `None` when the table or chain is missing.
+/// Kernel: the rules of one chain, in order; `None` when the table or chain is missing. With
+/// `hints`, only the rules whose attributes hold one of these byte strings are decoded (a
+/// chain may hold hundreds of other containers' rules).
 fn chain_rules(
     nl: &mut NfSocket,
     family: Family,
     table: &str,
     chain: &str,
+    hints: &[Vec<u8>],
 ) -> Result<Option<Vec<Rule>>> {
     let mut a = Vec::new();
     put_str(&mut a, NFTA_RULE_TABLE, table);
     put_str(&mut a, NFTA_RULE_CHAIN, chain);
     let what = format!("{family} {table} {chain}");
     let objects = netlink::dump_objects(nl, family, NFT_MSG_GETRULE, &a, &what)?;
+    let hinted = |attrs: &[u8]| {
+        hints.is_empty()
+            || hints
+                .iter()
+                .any(|h| !h.is_empty() && attrs.windows(h.len()).any(|w| w == h.as_slice()))
+    };
     Ok(objects.map(|rules| {
         rules
             .iter()
+            .filter(|attrs| hinted(attrs))
             .filter_map(|attrs| Rule::parse(attrs))
             .filter(|r| r.chain == chain)
             .collect()
@@ -472,11 +482,13 @@ struct OwnedChain {
     entries: &'static [&'static str],
 }
 
-/// A chain some of whose rules belong to the owner, and which.
+/// A chain some of whose rules belong to the owner, and which: `pick` decides, among the
+/// rules holding one of the byte strings `hints` (all rules when empty).
 struct Scan<'p> {
     family: Family,
     table: &'static str,
     chain: &'static str,
+    hints: Vec<Vec<u8>>,
     pick: Box<dyn Fn(&Rule) -> bool + 'p>,
 }
 
@@ -534,7 +546,8 @@ fn plan_messages(
     let mut out = Messages::default();
     for (o, _) in plan.owned.iter().zip(owned_exist).filter(|(_, e)| **e) {
         for entry in o.entries {
-            let rules = chain_rules(nl, o.family, o.table, entry)?.unwrap_or_default();
+            let hint = [o.name.as_bytes().to_vec()];
+            let rules = chain_rules(nl, o.family, o.table, entry, &hint)?.unwrap_or_default();
             for r in rules.iter().filter(|r| r.jump_target() == Some(&o.name)) {
                 out.push(del_rule_msg(o.family, o.table, entry, Some(r.handle)), None);
                 out.removed.rules += 1;
@@ -548,7 +561,7 @@ fn plan_messages(
         }
     }
     for (s, _) in plan.scans.iter().zip(scans_exist).filter(|(_, e)| **e) {
-        let rules = chain_rules(nl, s.family, s.table, s.chain)?.unwrap_or_default();
+        let rules = chain_rules(nl, s.family, s.table, s.chain, &s.hints)?.unwrap_or_default();
         for r in rules.iter().filter(|r| (s.pick)(r)) {
             out.push(
                 del_rule_msg(s.family, s.table, s.chain, Some(r.handle)),
@@ -703,6 +716,7 @@ pub fn del_bridge_masq_in_kernel(owner: Owner<'_>) -> Removed {
             family: Family::Inet,
             table: NFT_MASQ_TABLE,
             chain: NFT_MASQ_CHAIN,
+            hints: vec![hash.as_bytes().to_vec()],
             pick: Box::new(move |r: &Rule| r.comment().is_some_and(|c| c.starts_with(&hash))),
         }],
     };
@@ -735,6 +749,7 @@ pub fn del_portmap_in_kernel(owner: Owner<'_>) -> Removed {
                 family,
                 table: NFT_HOSTPORT_TABLE,
                 chain,
+                hints: vec![cid.as_bytes().to_vec()],
                 pick: Box::new(move |r: &Rule| r.comment() == Some(cid.as_str())),
             });
         }
@@ -771,6 +786,13 @@ pub fn del_firewall_accepts_in_kernel(owner: Owner<'_>, addrs: &[IpAddr]) -> Rem
             family,
             table: FILTER,
             chain: FIREWALL_CHAIN,
+            hints: mine
+                .iter()
+                .map(|a| match a {
+                    IpAddr::V4(a) => a.octets().to_vec(),
+                    IpAddr::V6(a) => a.octets().to_vec(),
+                })
+                .collect(),
             pick: Box::new(move |r: &Rule| mine.iter().any(|a| r.is_firewall_accept_for(*a))),
         });
     }
@@ -803,7 +825,8 @@ fn stale_owned_chains(
     };
     let exists = chains_exist(nl, &[(Family::Ip, NAT, entry), (Family::Ip6, NAT, entry)])?;
     for (family, _) in IP_FAMILIES.iter().zip(exists).filter(|(_, e)| *e) {
-        for r in chain_rules(nl, *family, NAT, entry)?.unwrap_or_default() {
+        let hint = [format!("name: \"{network}\" id: \"").into_bytes()];
+        for r in chain_rules(nl, *family, NAT, entry, &hint)?.unwrap_or_default() {
             let (Some(target), Some(comment)) = (r.jump_target(), r.comment()) else {
                 continue;
             };
@@ -848,6 +871,7 @@ pub fn gc_bridge_masq_in_kernel(network: &str, valid: &[Attachment]) -> Result<R
             family: Family::Inet,
             table: NFT_MASQ_TABLE,
             chain: NFT_MASQ_CHAIN,
+            hints: vec![of_network.as_bytes().to_vec()],
             pick: Box::new(move |r: &Rule| {
                 r.comment().is_some_and(|c| {
                     c.starts_with(&of_network)
@@ -1443,7 +1467,7 @@ mod tests {
     fn comments(ns: &TestNs, family: Family, table: &str, chain: &str) -> Vec<String> {
         ns.run(|| {
             let mut nl = NfSocket::open("nftables").unwrap();
-            chain_rules(&mut nl, family, table, chain).unwrap()
+            chain_rules(&mut nl, family, table, chain, &[]).unwrap()
         })
         .unwrap_or_default()
         .iter()
