@@ -47,8 +47,11 @@
 //!
 //! DEL asks whether each owner-named chain and each scanned chain exists, all in one datagram
 //! on one socket (one `GETCHAIN` each, answered from a hash table; a missing table answers
-//! ENOENT), and dumps only chains that exist. With no reference object on the node, that is one
-//! send and a few small replies; deletions are one transaction.
+//! ENOENT), and dumps only chains that exist, decoding only the rules that hold the owner's
+//! chain name, hash, container ID or address. With no reference object on the node, that is
+//! one send and a few small replies; deletions are one transaction. The firewall's
+//! `CNI-FORWARD` is shared, so while containers the reference attached still run, each
+//! firewall DEL dumps their two rules each.
 
 use super::Family;
 use super::netlink::{
@@ -70,7 +73,7 @@ const CHAIN_NAME_LEN: usize = 28;
 pub const MASQ_CHAIN_PREFIX: &str = "CNI-";
 /// Chain-name prefix of portmap's DNAT chain.
 pub const DNAT_CHAIN_PREFIX: &str = "CNI-DN-";
-/// Chain-name prefix of portmap's SNAT chain (plugins before 0.7; DEL still removes it).
+/// Chain-name prefix of portmap's SNAT chain (older reference versions; DEL still removes it).
 pub const SNAT_CHAIN_PREFIX: &str = "CNI-SN-";
 
 const NAT: &str = "nat";
