@@ -55,14 +55,18 @@
 
 use super::Family;
 use super::netlink::{
-    self, KernelRule, NFT_MSG_DELCHAIN, NFT_MSG_DELRULE, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE,
-    NFT_MSG_NEWCHAIN, NFTA_CHAIN_NAME, NFTA_CHAIN_TABLE, NFTA_DATA_VALUE, NFTA_RULE_CHAIN,
-    NFTA_RULE_HANDLE, NFTA_RULE_TABLE, Outcome, RawMsg, SUBSYS_NFTABLES, expr_attr,
+    self, KernelRule, NF_ACCEPT, NFT_CMP_EQ, NFT_CMP_NEQ, NFT_CT_STATE, NFT_GOTO, NFT_JUMP,
+    NFT_MSG_DELCHAIN, NFT_MSG_DELRULE, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE, NFT_MSG_NEWCHAIN,
+    NFT_PAYLOAD_NETWORK_HEADER, NFTA_BITWISE_MASK, NFTA_BITWISE_XOR, NFTA_CHAIN_NAME,
+    NFTA_CHAIN_TABLE, NFTA_CMP_DATA, NFTA_CMP_OP, NFTA_CT_KEY, NFTA_DATA_VALUE, NFTA_DATA_VERDICT,
+    NFTA_IMMEDIATE_DATA, NFTA_PAYLOAD_BASE, NFTA_PAYLOAD_LEN, NFTA_PAYLOAD_OFFSET, NFTA_RULE_CHAIN,
+    NFTA_RULE_HANDLE, NFTA_RULE_TABLE, NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE, Outcome, RawMsg,
+    SUBSYS_NFTABLES, expr_attr,
 };
 use crate::error::{Error, Result};
+use crate::naming;
 use crate::nfnetlink::{self, NfSocket, find, put_attr, put_str};
 use crate::spec::config::Attachment;
-use sha2::{Digest, Sha512};
 use std::collections::HashSet;
 use std::net::IpAddr;
 
@@ -99,29 +103,15 @@ const IP_FAMILIES: [Family; 2] = [Family::Ip, Family::Ip6];
 // ---------------------------------------------------------------------------------------
 // Names and comments as the reference makes them
 
-fn sha512_hex(s: &str) -> String {
-    Sha512::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// `prefix` followed by sha512(network + container ID) in hex, cut to 28 characters: the
 /// reference's per-attachment iptables chain (prefix `CNI-`, `CNI-DN-` or `CNI-SN-`).
 pub fn chain_name(prefix: &str, network: &str, container_id: &str) -> String {
-    let mut name = format!(
-        "{prefix}{}",
-        sha512_hex(&format!("{network}{container_id}"))
-    );
-    name.truncate(CHAIN_NAME_LEN);
-    name
+    naming::reference_name(prefix, network, container_id, CHAIN_NAME_LEN)
 }
 
 /// The first 16 hex digits of sha512(`s`).
 fn short_hash(s: &str) -> String {
-    let mut h = sha512_hex(s);
-    h.truncate(16);
-    h
+    naming::sha512_hex(s, 16)
 }
 
 /// The start of the nftables backend's masquerade comment for one attachment: a hash of the
@@ -184,29 +174,10 @@ pub struct Rule {
     pub rule: KernelRule,
 }
 
-// Expression attributes (linux/netfilter/nf_tables.h).
-const NFTA_IMMEDIATE_DATA: u16 = 2;
-const NFTA_DATA_VERDICT: u16 = 2;
-const NFTA_VERDICT_CODE: u16 = 1;
-const NFTA_VERDICT_CHAIN: u16 = 2;
-const NF_ACCEPT: u32 = 1;
-const NFT_JUMP: u32 = -3i32 as u32;
-const NFT_GOTO: u32 = -4i32 as u32;
+// enum nft_match_attributes (xt matches inside nf_tables rules, as iptables-nft writes them).
 const NFTA_MATCH_NAME: u16 = 1;
 const NFTA_MATCH_REV: u16 = 2;
 const NFTA_MATCH_INFO: u16 = 3;
-const NFTA_PAYLOAD_BASE: u16 = 2;
-const NFTA_PAYLOAD_OFFSET: u16 = 3;
-const NFTA_PAYLOAD_LEN: u16 = 4;
-const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
-const NFTA_CMP_OP: u16 = 2;
-const NFTA_CMP_DATA: u16 = 3;
-const NFT_CMP_EQ: u32 = 0;
-const NFT_CMP_NEQ: u32 = 1;
-const NFTA_CT_KEY: u16 = 2;
-const NFT_CT_STATE: u32 = 0;
-const NFTA_BITWISE_MASK: u16 = 4;
-const NFTA_BITWISE_XOR: u16 = 5;
 
 /// Conntrack states ESTABLISHED (bit 1) and RELATED (bit 2), as both `ct state` and
 /// xt_conntrack's `state_mask` hold them.
