@@ -22,9 +22,8 @@ pub fn find_plugin<'a>(name: &str, dirs: impl IntoIterator<Item = &'a str>) -> R
 
 /// The IPAM type of a config, or a code-7 error if there is none.
 pub fn ipam_type(args: &CmdArgs) -> Result<&str> {
-    args.conf
-        .get("ipam")
-        .and_then(|i| i.get("type"))
+    crate::gojson::get(&args.conf, "ipam")
+        .and_then(|i| crate::gojson::get(i, "type"))
         .and_then(|t| t.as_str())
         .filter(|t| !t.is_empty())
         .ok_or_else(|| Error::config("missing ipam.type in the network config"))

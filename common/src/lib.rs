@@ -15,6 +15,7 @@
 pub mod conntrack;
 pub mod error;
 pub mod exec;
+pub mod gojson;
 pub mod ipam;
 pub mod lock;
 pub mod logging;

@@ -11,7 +11,7 @@
 
 use crate::error::{Error, Result};
 use crate::spec::config::{validate_container_id, validate_ifname, validate_network_name};
-use crate::spec::{CniResult, Version};
+use crate::spec::{CniResult, NetConf, Version};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::path::Path;
@@ -73,15 +73,21 @@ pub struct CmdArgs {
 }
 
 impl CmdArgs {
-    /// Parses the config into a plugin's own type (code 6 on malformed input).
+    /// Parses the config into a plugin's own type, with Go's key matching (code 6 on
+    /// malformed input).
     pub fn parse_conf<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_value(self.conf.clone())
+        crate::gojson::from_value(&self.conf)
             .map_err(|e| Error::Decode(format!("failed to parse network config: {e}")))
+    }
+
+    /// The keys every config has (`name`, `ipam`, `runtimeConfig`, `args`, ...).
+    pub fn net_conf(&self) -> Result<NetConf> {
+        self.parse_conf()
     }
 
     /// The prevResult in the config, typed, if any.
     pub fn prev_result(&self) -> Result<Option<CniResult>> {
-        CniResult::from_prev(self.conf.get("prevResult"), self.version)
+        CniResult::from_prev(crate::gojson::get(&self.conf, "prevResult"), self.version)
     }
 
     /// CNI_PATH split into directories.
@@ -322,7 +328,7 @@ fn observe(
 
 /// A string key of the config, if present; anything else present is ignored with a warning.
 fn string_key<'a>(conf: &'a Value, key: &str) -> Option<&'a str> {
-    match conf.get(key)? {
+    match crate::gojson::get(conf, key)? {
         Value::String(s) => Some(s),
         Value::Null => None,
         other => {
@@ -399,10 +405,10 @@ fn dispatch_inner(
             .filter(|f| !f.is_empty())
             .map(str::to_string);
     }
-    if let Some(Value::String(n)) = conf.get("name") {
+    if let Some(Value::String(n)) = crate::gojson::get(&conf, "name") {
         info.network = n.clone();
     }
-    let version_str = match conf.get("cniVersion") {
+    let version_str = match crate::gojson::get(&conf, "cniVersion") {
         None | Some(Value::Null) => "",
         Some(Value::String(s)) => s.as_str(),
         Some(other) => {
@@ -444,7 +450,11 @@ fn dispatch_inner(
         }
         _ => {}
     }
-    validate_network_name(conf.get("name").and_then(Value::as_str).unwrap_or(""))?;
+    validate_network_name(
+        crate::gojson::get(&conf, "name")
+            .and_then(Value::as_str)
+            .unwrap_or(""),
+    )?;
 
     let args = CmdArgs {
         command: cmd,

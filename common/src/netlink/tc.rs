@@ -40,14 +40,20 @@ const NLA_TYPE_MASK: u16 = 0x3fff;
 const RATESPEC_LEN: usize = 12;
 /// `sizeof(struct tc_tbf_qopt)`: rate, peakrate, limit, buffer, mtu.
 const TBF_QOPT_LEN: usize = 2 * RATESPEC_LEN + 12;
-/// `TC_LINKLAYER_ETHERNET`: tells the kernel not to look for a rate table.
-const TC_LINKLAYER_ETHERNET: u8 = 1;
-/// The kernel keeps a tbf's buffer in nanoseconds, capped at `u32::MAX`.
+/// The link layer in the `tc_ratespec` of a tbf: 0 (`TC_LINKLAYER_UNAWARE`), as the reference
+/// plugin sends it. The kernel then looks for a rate table, finds none (none is sent) and
+/// shapes exactly as for Ethernet; the dump reports the link layer as sent.
+const TBF_LINKLAYER: u8 = 0;
+/// The kernel caps a tbf's buffer at `u32::MAX` ns when it derives from it the largest packet
+/// the tbf lets through (it keeps the whole buffer as the bucket depth).
 const MAX_BUFFER_NS: u64 = u32::MAX as u64;
-/// Nanoseconds per psched tick (`PSCHED_SHIFT` = 6), the unit of the buffer in the API.
+/// Nanoseconds per psched tick in the kernel (`PSCHED_SHIFT` = 6), the unit of the buffer.
 const NS_PER_TICK: u64 = 64;
 /// psched time units per second (microseconds).
 const USEC_PER_SEC: f64 = 1_000_000.0;
+const NSEC_PER_SEC: u128 = 1_000_000_000;
+/// 2^63, where int64 ends.
+const TWO_POW_63: f64 = 9_223_372_036_854_775_808.0;
 
 /// The kernel's psched clock as `/proc/net/psched` describes it: how many ticks make one
 /// microsecond. Every kernel since 2.6.x reports 1000/64 (a tick is 64 ns).
@@ -99,10 +105,35 @@ impl PschedClock {
             ticks_per_usec: t2us as f64 / us2t as f64 * factor,
         })
     }
+}
 
-    fn usec_to_ticks(self, usec: u32) -> u32 {
-        // `as` truncates toward zero and saturates, as Go's conversion does in range.
-        (f64::from(usec) * self.ticks_per_usec) as u32
+/// How a count computed in floating point, or a sum, becomes the u32 of the kernel API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Narrowing {
+    /// Truncate toward zero and saturate: a count too large for a u32 becomes `u32::MAX`.
+    Saturate,
+    /// What the reference plugin's Go code does on amd64: through an int64, keeping the low
+    /// 32 bits (so 2^32 + 5 becomes 5), and sums wrap.
+    Wrap,
+}
+
+impl Narrowing {
+    fn count(self, x: f64) -> u32 {
+        match self {
+            // `as` truncates toward zero and saturates (NaN becomes 0).
+            Narrowing::Saturate => x as u32,
+            // Go converts with CVTTSD2SQ, whose answer out of the int64 range (and for NaN)
+            // is i64::MIN, whose low 32 bits are 0.
+            Narrowing::Wrap if !(-TWO_POW_63..TWO_POW_63).contains(&x) => 0,
+            Narrowing::Wrap => x as i64 as u32,
+        }
+    }
+
+    fn sum(self, a: u32, b: u32) -> u32 {
+        match self {
+            Narrowing::Saturate => a.saturating_add(b),
+            Narrowing::Wrap => a.wrapping_add(b),
+        }
     }
 }
 
@@ -122,9 +153,12 @@ impl Tbf {
     /// allowed to hold `latency_ms` worth of traffic on top of the burst: rate = bits/8
     /// bytes/s, burst = bits/8 bytes, buffer = ticks(burst·10⁶/rate µs), limit =
     /// rate·latency + burst. The arithmetic is the reference plugin's, step for step
-    /// (including where it truncates), so that its qdiscs and ours compare equal.
+    /// (including where it truncates), so that its qdiscs and ours compare equal; where a
+    /// count does not fit the u32 of the kernel API, it is the largest one that does (the
+    /// reference's Go conversions wrap there: see [`Tbf::from_bits_as_reference`]).
     ///
-    /// Code 7 when the rate is below 8 bit/s, the burst below 8 bits or above 32 Gbit.
+    /// Code 7 when the rate is below 8 bit/s, the burst below 8 bits or above 32 Gbit, or
+    /// the bucket would let no byte through (the kernel refuses such a tbf).
     pub fn from_bits(
         rate_bits: u64,
         burst_bits: u64,
@@ -147,26 +181,61 @@ impl Tbf {
             .ok()
             .filter(|b| *b < u32::MAX)
             .ok_or_else(|| Error::config("burst cannot be more than 4GB"))?;
-        let usec = (f64::from(burst) * USEC_PER_SEC / rate as f64) as u32;
-        let buffer = clock.usec_to_ticks(usec);
-        let latency_usec = USEC_PER_SEC * (f64::from(latency_ms) / 1000.0);
-        let limit = ((rate as f64 * latency_usec / USEC_PER_SEC) as u32).saturating_add(burst);
-        Ok(Tbf {
-            rate,
-            buffer,
-            limit,
-        })
+        let tbf = Tbf::compute(rate, burst, latency_ms, clock, Narrowing::Saturate);
+        if tbf.max_packet() == 0 {
+            return Err(Error::config(format!(
+                "a burst of {burst_bits} bits at {rate_bits} bit/s lasts less than the kernel's \
+                 time resolution allows for one byte; raise the burst"
+            )));
+        }
+        Ok(tbf)
     }
 
-    /// These parameters as a dump reports them after the kernel stored them: it keeps the
-    /// buffer in nanoseconds capped at `u32::MAX` (about 4.3 s), so a longer one comes back
-    /// shorter. Compare a dump with this, not with `self`.
-    pub fn as_kernel_keeps_it(&self) -> Tbf {
-        let ns = (u64::from(self.buffer) * NS_PER_TICK).min(MAX_BUFFER_NS);
+    /// The parameters the reference plugin computes for the same bits: equal to
+    /// [`Tbf::from_bits`]'s wherever every count fits a u32, wrapped where one does not (a
+    /// buffer of 2^32 + 5 ticks becomes 5, a limit of 2^32 + 5 bytes becomes 5). None for
+    /// input it refuses before computing (a burst of 2^32−1 bytes or more) or cannot compute
+    /// (no whole byte). Qdiscs it made pass CHECK through this.
+    pub fn from_bits_as_reference(
+        rate_bits: u64,
+        burst_bits: u64,
+        latency_ms: u32,
+        clock: PschedClock,
+    ) -> Option<Tbf> {
+        let rate = rate_bits / 8;
+        let burst = u32::try_from(burst_bits / 8)
+            .ok()
+            .filter(|b| *b < u32::MAX)?;
+        (rate > 0 && burst > 0)
+            .then(|| Tbf::compute(rate, burst, latency_ms, clock, Narrowing::Wrap))
+    }
+
+    /// rate in bytes/s, burst in bytes; every step in the reference's order and precision.
+    fn compute(
+        rate: u64,
+        burst: u32,
+        latency_ms: u32,
+        clock: PschedClock,
+        narrow: Narrowing,
+    ) -> Tbf {
+        let usec = narrow.count(f64::from(burst) * USEC_PER_SEC / rate as f64);
+        let buffer = narrow.count(f64::from(usec) * clock.ticks_per_usec);
+        let latency_usec = USEC_PER_SEC * (f64::from(latency_ms) / 1000.0);
+        let latency_bytes = narrow.count(rate as f64 * latency_usec / USEC_PER_SEC);
         Tbf {
-            buffer: u32::try_from(ns / NS_PER_TICK).unwrap_or(u32::MAX),
-            ..*self
+            rate,
+            buffer,
+            limit: narrow.sum(latency_bytes, burst),
         }
+    }
+
+    /// The largest packet, in bytes, the kernel lets through this tbf: what the buffer,
+    /// capped at `u32::MAX` ns, is worth at the rate (at most `u32::MAX`). The kernel refuses
+    /// a tbf where this is 0, and drops packets larger than it.
+    pub fn max_packet(&self) -> u32 {
+        let ns = (u64::from(self.buffer) * NS_PER_TICK).min(MAX_BUFFER_NS);
+        let bytes = u128::from(ns) * u128::from(self.rate) / NSEC_PER_SEC;
+        u32::try_from(bytes).unwrap_or(u32::MAX)
     }
 
     /// The bucket size in bytes that `buffer` stands for at `rate`.
@@ -180,8 +249,8 @@ impl Tbf {
         let mut qopt = [0u8; TBF_QOPT_LEN];
         let rate32 = u32::try_from(self.rate).unwrap_or(u32::MAX);
         // struct tc_ratespec rate: cell_log u8, linklayer u8, overhead u16, cell_align i16,
-        // mpu u16, rate u32. peakrate stays zero (no peak rate).
-        put(&mut qopt, 1, &[TC_LINKLAYER_ETHERNET]);
+        // mpu u16, rate u32. peakrate and mtu stay zero (no peak rate).
+        put(&mut qopt, 1, &[TBF_LINKLAYER]);
         put(&mut qopt, 8, &rate32.to_ne_bytes());
         put(&mut qopt, 2 * RATESPEC_LEN, &self.limit.to_ne_bytes());
         put(&mut qopt, 2 * RATESPEC_LEN + 4, &self.buffer.to_ne_bytes());
@@ -247,6 +316,9 @@ pub struct Qdisc {
     pub kind: String,
     /// The parameters, when `kind` is "tbf".
     pub tbf: Option<Tbf>,
+    /// `TCA_OPTIONS` as the kernel reported it (the nested attributes, every field of them),
+    /// for a kind this module does not decode further than [`Qdisc::tbf`]; empty otherwise.
+    pub options: Vec<u8>,
 }
 
 impl Qdisc {
@@ -304,24 +376,27 @@ fn qdisc_from_msg(msg: &TcMessage) -> Qdisc {
         parent: msg.header.parent.into(),
         kind: String::new(),
         tbf: None,
+        options: Vec::new(),
     };
     for attr in &msg.attributes {
         match attr {
             TcAttribute::Kind(k) => q.kind = k.clone(),
-            TcAttribute::Options(opts) if q.kind == "tbf" => {
-                // A kind netlink-packet-route does not know: the whole TCA_OPTIONS comes as
-                // one attribute holding the nested ones.
-                q.tbf = opts.iter().find_map(|o| match o {
-                    TcOption::Other(nla) if nla.kind() & NLA_TYPE_MASK == TCA_OPTIONS => {
-                        let mut value = vec![0u8; nla.value_len()];
-                        nla.emit_value(&mut value);
-                        Tbf::parse(&value)
-                    }
+            TcAttribute::Options(opts) => {
+                // A kind netlink-packet-route does not know (tbf): the whole TCA_OPTIONS
+                // comes as one attribute holding the nested ones.
+                if let Some(nla) = opts.iter().find_map(|o| match o {
+                    TcOption::Other(nla) if nla.kind() & NLA_TYPE_MASK == TCA_OPTIONS => Some(nla),
                     _ => None,
-                });
+                }) {
+                    q.options = vec![0u8; nla.value_len()];
+                    nla.emit_value(&mut q.options);
+                }
             }
             _ => {}
         }
+    }
+    if q.kind == "tbf" {
+        q.tbf = Tbf::parse(&q.options);
     }
     q
 }

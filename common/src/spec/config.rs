@@ -1,11 +1,13 @@
 //! Network configuration as a plugin receives it on stdin, and the CNI_ARGS convention.
 
 use crate::error::{Error, Result};
+use crate::gojson;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The keys every plugin config has (spec "Network configuration"); a plugin's own config
-/// embeds this with `#[serde(flatten)]`.
+/// The keys every plugin config has (spec "Network configuration"). A plugin decodes its own
+/// keys into a type of its own from the same config ([`crate::skel::CmdArgs::parse_conf`]):
+/// embedding this with `#[serde(flatten)]` would lose Go's key matching.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NetConf {
@@ -28,24 +30,48 @@ pub struct NetConf {
 }
 
 impl NetConf {
-    /// `args.cni.<key>` (the conventions' place for per-attachment arguments).
+    /// `args.cni.<key>` (the conventions' place for per-attachment arguments), keys matched
+    /// as Go matches them.
     pub fn args_cni(&self, key: &str) -> Option<&Value> {
-        self.args.as_ref()?.get("cni")?.get(key)
+        gojson::get(gojson::get(self.args.as_ref()?, "cni")?, key)
     }
 
-    /// `runtimeConfig.<key>` (capability arguments the runtime injected).
+    /// `runtimeConfig.<key>` (capability arguments the runtime injected), keys matched as Go
+    /// matches them. `null` counts as absent.
     pub fn runtime(&self, key: &str) -> Option<&Value> {
-        self.runtime_config.as_ref()?.get(key)
+        gojson::get(self.runtime_config.as_ref()?, key).filter(|v| !v.is_null())
     }
 }
 
 /// The `ipam` section: its `type` names the IPAM binary; the rest belongs to that plugin.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct IpamConf {
-    #[serde(rename = "type", default)]
+    #[serde(rename = "type")]
     pub plugin_type: String,
     #[serde(flatten)]
     pub rest: serde_json::Map<String, Value>,
+}
+
+impl<'de> Deserialize<'de> for IpamConf {
+    /// Every member is kept in `rest`; `type` is found as Go finds it (`"Type"` too).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let rest = serde_json::Map::<String, Value>::deserialize(d)?;
+        let object = Value::Object(rest);
+        let plugin_type = match gojson::get(&object, "type") {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(t)) => t.clone(),
+            Some(other) => {
+                return Err(serde::de::Error::custom(format!(
+                    "ipam.type must be a string, got {other}"
+                )));
+            }
+        };
+        let Value::Object(mut rest) = object else {
+            return Err(serde::de::Error::custom("ipam must be an object"));
+        };
+        rest.retain(|k, _| !k.eq_ignore_ascii_case("type"));
+        Ok(IpamConf { plugin_type, rest })
+    }
 }
 
 /// DNS settings, in the shape shared by configs and results.
@@ -81,12 +107,11 @@ pub struct Attachment {
 /// The valid attachments of a GC request. libcni sends both `cni.dev/valid-attachments` and
 /// the older `cni.dev/attachments` (cni#1101); either is accepted. Missing means "none valid".
 pub fn valid_attachments(conf: &Value) -> Result<Vec<Attachment>> {
-    let list = conf
-        .get("cni.dev/valid-attachments")
-        .or_else(|| conf.get("cni.dev/attachments"));
+    let list = gojson::get(conf, "cni.dev/valid-attachments")
+        .or_else(|| gojson::get(conf, "cni.dev/attachments"));
     match list {
         None | Some(Value::Null) => Ok(Vec::new()),
-        Some(v) => serde_json::from_value(v.clone())
+        Some(v) => gojson::from_value(v)
             .map_err(|e| Error::Decode(format!("cni.dev/valid-attachments: {e}"))),
     }
 }

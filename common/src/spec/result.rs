@@ -83,15 +83,6 @@ fn is_zero(v: &u32) -> bool {
     *v == 0
 }
 
-/// `null` decodes as the default, as Go's decoder treats it.
-fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Default + Deserialize<'de>,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
-}
-
 /// Serde for CIDRs that must carry a prefix ("10.0.0.5/24", never a bare address).
 pub mod cidr {
     use ipnetwork::IpNetwork;
@@ -122,7 +113,7 @@ struct LegacyResult {
     ip4: Option<LegacyIp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ip6: Option<LegacyIp>,
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default)]
     dns: Dns,
 }
 
@@ -147,13 +138,13 @@ struct LegacyRoute {
 /// The 0.3.0 to 1.1.0 shape as read (tolerates `ips[].version`).
 #[derive(Debug, Default, Deserialize)]
 struct CurrentResult {
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default)]
     interfaces: Vec<Interface>,
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default)]
     ips: Vec<IpConfig>,
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default)]
     routes: Vec<Route>,
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default)]
     dns: Dns,
 }
 
@@ -161,13 +152,13 @@ impl CniResult {
     /// Reads a result in any version. `default_version` is used when it has no `cniVersion`
     /// (as Go's `version.ParsePrevResult` fills it from the config).
     pub fn from_json(v: &Value, default_version: Version) -> Result<CniResult> {
-        let version = match v.get("cniVersion").and_then(Value::as_str) {
+        let version = match crate::gojson::get(v, "cniVersion").and_then(Value::as_str) {
             Some(s) => Version::parse(s)?,
             None => default_version,
         };
         let decode = |e: serde_json::Error| Error::Decode(format!("decoding result: {e}"));
         if version.has_chaining() {
-            let r: CurrentResult = serde_json::from_value(v.clone()).map_err(decode)?;
+            let r: CurrentResult = crate::gojson::from_value(v).map_err(decode)?;
             Ok(CniResult {
                 interfaces: r.interfaces,
                 ips: r.ips,
@@ -175,7 +166,7 @@ impl CniResult {
                 dns: r.dns,
             })
         } else {
-            let r: LegacyResult = serde_json::from_value(v.clone()).map_err(decode)?;
+            let r: LegacyResult = crate::gojson::from_value(v).map_err(decode)?;
             let mut out = CniResult {
                 dns: r.dns,
                 ..CniResult::default()
@@ -354,6 +345,19 @@ mod tests {
             }
             assert_eq!(back.dns, r.dns);
         }
+    }
+
+    #[test]
+    fn go_field_names_in_a_prev_result() {
+        let r = json!({"CNIVersion": "1.0.0",
+            "Interfaces": [{"Name": "eth0", "Mac": "00:11:22:33:44:55", "Sandbox": "/x"}],
+            "IPs": [{"Interface": 0, "Address": "10.0.0.5/24", "Gateway": "10.0.0.1"}],
+            "Routes": [{"Dst": "0.0.0.0/0", "GW": "10.0.0.1"}], "DNS": {"Nameservers": ["10.0.0.1"]}});
+        let r = CniResult::from_json(&r, Version::V0_2_0).unwrap();
+        assert_eq!(r.container_interface("eth0").unwrap().0, 0);
+        assert_eq!(r.ips[0].gateway, Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(r.routes[0].gw, Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(r.dns.nameservers, vec!["10.0.0.1"]);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! before anything is touched.
 
 use common::error::{Error, Result};
+use common::gojson;
 use common::skel::CmdArgs;
 use serde_json::Value;
 
@@ -62,7 +63,7 @@ impl Conf {
 }
 
 fn network_name(conf: &Value) -> String {
-    conf.get("name")
+    gojson::get(conf, "name")
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string()
@@ -71,11 +72,11 @@ fn network_name(conf: &Value) -> String {
 /// The limits of a config: the top-level keys when any of the four is present (even as
 /// null), else `runtimeConfig.bandwidth`, else none.
 pub fn limits(conf: &Value) -> Result<Limits> {
-    let top_level = KEYS.iter().any(|k| conf.get(k).is_some());
+    let top_level = KEYS.iter().any(|k| gojson::get(conf, k).is_some());
     let (source, what) = if top_level {
         (conf, "")
     } else {
-        match conf.get("runtimeConfig").and_then(|r| r.get("bandwidth")) {
+        match gojson::get(conf, "runtimeConfig").and_then(|r| gojson::get(r, "bandwidth")) {
             None | Some(Value::Null) => return Ok(Limits::default()),
             Some(bw @ Value::Object(_)) => (bw, "runtimeConfig.bandwidth."),
             Some(other) => {
@@ -86,7 +87,7 @@ pub fn limits(conf: &Value) -> Result<Limits> {
         }
     };
     let get = |key: &str| -> Result<u64> {
-        match source.get(key) {
+        match gojson::get(source, key) {
             None | Some(Value::Null) => Ok(0),
             Some(v) => v.as_u64().ok_or_else(|| {
                 Error::config(format!(
@@ -172,6 +173,30 @@ mod tests {
         );
         let zero = json!({"ingressRate": 0, "ingressBurst": 0, "egressRate": 0, "egressBurst": 0});
         assert!(limits(&zero).unwrap().is_none());
+    }
+
+    #[test]
+    fn runtimes_values_are_read_as_they_send_them() {
+        // containerd: Go field names, burst at MaxUint32 bits.
+        let containerd = json!({"runtimeConfig": {"bandwidth": {"IngressRate": 10_000_000u64,
+            "IngressBurst": 4_294_967_295u64, "EgressRate": 20_000_000u64, "EgressBurst": 4_294_967_295u64}}});
+        let l = limits(&containerd).unwrap();
+        assert_eq!(l.ingress, lim(10_000_000, 4_294_967_295));
+        assert_eq!(l.egress, lim(20_000_000, 4_294_967_295));
+        // containerd, one direction annotated: the other is 0/0.
+        let one = json!({"runtimeConfig": {"bandwidth": {"IngressRate": 1000, "IngressBurst": 4_294_967_295u64,
+            "EgressRate": 0, "EgressBurst": 0}}});
+        assert_eq!(limits(&one).unwrap().egress, None);
+        // CRI-O: camelCase, burst at MaxUint32*8-1 bits (just under the 4 GB limit).
+        let crio = json!({"runtimeConfig": {"bandwidth": {"ingressRate": 1_000_000_000_000_000u64,
+            "ingressBurst": 34_359_738_359u64, "egressRate": 0, "egressBurst": 0}}});
+        assert_eq!(
+            limits(&crio).unwrap().ingress,
+            lim(1_000_000_000_000_000, 34_359_738_359)
+        );
+        // Top-level keys are found the same way.
+        let top = json!({"IngressRate": 8000, "IngressBurst": 800});
+        assert_eq!(limits(&top).unwrap().ingress, lim(8000, 800));
     }
 
     #[test]

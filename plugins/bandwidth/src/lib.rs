@@ -305,11 +305,13 @@ fn check(
         shape::check_tbf(
             got.as_ref(),
             &want,
+            shape::reference_tbf_of(limit, clock).as_ref(),
             &format!("ingress tbf on {}", veth.name),
         )?;
     }
     if let Some(limit) = &limits.egress {
         let want = shape::tbf_of(limit, clock)?;
+        let reference = shape::reference_tbf_of(limit, clock);
         let name = ifb_name(network, &args.container_id);
         let ifb = host
             .ifb_by_name(&name)?
@@ -318,7 +320,12 @@ fn check(
             return Err(Error::internal(format!("ifb {name} is down")));
         }
         let got = shape::root_tbf(host, ifb.index)?;
-        shape::check_tbf(got.as_ref(), &want, &format!("egress tbf on {name}"))?;
+        shape::check_tbf(
+            got.as_ref(),
+            &want,
+            reference.as_ref(),
+            &format!("egress tbf on {name}"),
+        )?;
         let redirected = host
             .filters(veth.index, INGRESS_HANDLE)?
             .iter()

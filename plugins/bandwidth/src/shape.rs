@@ -58,6 +58,12 @@ pub fn tbf_of(limit: &Limit, clock: PschedClock) -> Result<Tbf> {
     Tbf::from_bits(limit.rate, limit.burst, LATENCY_MS, clock)
 }
 
+/// The tbf the reference plugin makes for the same limit: ours, except where its arithmetic
+/// wraps a count that does not fit a u32 (long buffers, limits past 4 GiB).
+pub fn reference_tbf_of(limit: &Limit, clock: PschedClock) -> Option<Tbf> {
+    Tbf::from_bits_as_reference(limit.rate, limit.burst, LATENCY_MS, clock)
+}
+
 /// The host end of the container's veth `ifname`: the container link's peer index, looked
 /// up in the host namespace, and it must be an interface of `result` with no sandbox.
 pub fn host_veth(
@@ -108,21 +114,18 @@ pub fn host_veths_of(host: &mut RouteSocket, result: &CniResult) -> Vec<Link> {
         .collect()
 }
 
-/// Compares a tbf the kernel reports with the one expected.
-pub fn check_tbf(got: Option<&Tbf>, want: &Tbf, what: &str) -> Result<()> {
-    // Kernels before 6.x cap the stored buffer at u32::MAX ns; newer ones keep it whole (a
-    // burst of 2^32-1 bits, containerd's default, is far past the cap): accept either.
-    let capped = want.as_kernel_keeps_it();
-    let want = if got.is_some_and(|g| g.buffer == capped.buffer) {
-        capped
-    } else {
-        *want
-    };
+/// Compares a tbf the kernel reports with the one expected, `want`. The reference plugin's
+/// parameters for the same limit (`reference`) pass too: attachments it made before it was
+/// replaced by this plugin keep passing CHECK.
+pub fn check_tbf(got: Option<&Tbf>, want: &Tbf, reference: Option<&Tbf>, what: &str) -> Result<()> {
     let Some(got) = got else {
         return Err(Error::internal(format!(
             "{what}: no tbf qdisc with handle 1: at the root"
         )));
     };
+    if got == want || Some(got) == reference {
+        return Ok(());
+    }
     let clock = PschedClock::read();
     let mut diffs = Vec::new();
     if got.rate != want.rate {
@@ -140,11 +143,7 @@ pub fn check_tbf(got: Option<&Tbf>, want: &Tbf, what: &str) -> Result<()> {
     if got.limit != want.limit {
         diffs.push(format!("limit {} B, expected {}", got.limit, want.limit));
     }
-    if diffs.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::internal(format!("{what}: {}", diffs.join(", "))))
-    }
+    Err(Error::internal(format!("{what}: {}", diffs.join(", "))))
 }
 
 /// The root tbf `1:` of device `index`, if that is what its root is.
@@ -185,5 +184,28 @@ mod tests {
         assert_ne!(n, ifb_name("mynet", "abc124"));
         assert!(!is_ifb_name("bwpxyz"));
         assert!(!is_ifb_name("eth0"));
+    }
+
+    #[test]
+    fn check_accepts_ours_and_the_references_parameters_only() {
+        let clock = PschedClock::DEFAULT;
+        // CRI-O's burst at 10 Mbit/s: the reference wraps buffer and limit, ours saturates.
+        let limit = Limit {
+            rate: 10_000_000,
+            burst: 34_359_738_359,
+        };
+        let ours = tbf_of(&limit, clock).unwrap();
+        let reference = reference_tbf_of(&limit, clock).unwrap();
+        assert_ne!(ours, reference);
+        for got in [ours, reference] {
+            check_tbf(Some(&got), &ours, Some(&reference), "t").unwrap();
+        }
+        let mixed = Tbf {
+            limit: reference.limit,
+            ..ours
+        };
+        let e = check_tbf(Some(&mixed), &ours, Some(&reference), "t").unwrap_err();
+        assert!(e.to_string().contains("limit 31248 B"), "{e}");
+        assert!(check_tbf(None, &ours, Some(&reference), "t").is_err());
     }
 }

@@ -412,8 +412,9 @@ fn capability_in_every_version() {
     }
 }
 
-/// containerd passes a burst of 2^32-1 bits when a pod sets only a rate: a bucket lasting
-/// minutes, far past what older kernels keep. ADD and CHECK must both accept it.
+/// containerd passes a burst of 2^32-1 bits when a pod sets only a rate: at 10 Mbit/s a
+/// bucket of 429 s, more ticks than the kernel API's u32 holds (the buffer is the largest
+/// that fits). ADD and CHECK must both accept it.
 #[test]
 fn containerds_maximal_burst_passes_check() {
     if !have_root() {

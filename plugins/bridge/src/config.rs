@@ -20,7 +20,8 @@ pub struct TrunkEntry {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BridgeConf {
-    #[serde(flatten)]
+    /// The common keys, decoded from the same config by [`CmdArgs::net_conf`].
+    #[serde(skip)]
     pub net: NetConf,
     #[serde(default = "default_bridge")]
     pub bridge: String,
@@ -177,7 +178,8 @@ pub fn load_for_teardown(args: &CmdArgs) -> Result<Conf> {
 }
 
 fn load_with(args: &CmdArgs, strict: bool) -> Result<Conf> {
-    let raw: BridgeConf = args.parse_conf()?;
+    let mut raw: BridgeConf = args.parse_conf()?;
+    raw.net = args.net_conf()?;
     if raw.bridge.is_empty() {
         return Err(Error::config("bridge name must not be empty"));
     }
@@ -298,6 +300,18 @@ mod tests {
         let mut v = base();
         v["bridge"] = json!(1);
         assert_eq!(load(&args(v, "")).unwrap_err().code(), 6);
+    }
+
+    #[test]
+    fn go_field_names_are_matched_as_go_matches_them() {
+        let v = json!({"cniVersion": "1.0.0", "name": "n", "type": "bridge", "Bridge": "br9",
+            "IsGateway": true, "HairpinMode": true, "MTU": 1400, "VlanTrunk": [{"MinID": 3, "MaxID": 4}],
+            "IPAM": {"Type": "host-local"}, "RuntimeConfig": {"MAC": "02:00:00:00:00:07"}});
+        let c = load(&args(v, "")).unwrap();
+        assert_eq!((c.bridge(), c.is_gateway, c.mtu), ("br9", true, 1400));
+        assert!(c.raw.hairpin_mode && c.is_layer3());
+        assert_eq!(c.trunk, vec![3, 4]);
+        assert_eq!(c.mac, Some([2, 0, 0, 0, 0, 7]));
     }
 
     #[test]

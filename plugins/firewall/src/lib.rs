@@ -29,7 +29,8 @@ pub const VERSIONS: [Version; 3] = [Version::V0_4_0, Version::V1_0_0, Version::V
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RawConf {
-    #[serde(flatten)]
+    /// The common keys, decoded from the same config by [`CmdArgs::net_conf`].
+    #[serde(skip)]
     pub net: NetConf,
     /// `iptables`, `firewalld` or `nftables`; all are served by nftables.
     #[serde(default)]
@@ -54,7 +55,8 @@ pub struct Conf {
 /// Parses and checks the configuration (codes 6 and 7), logging how compatibility keys
 /// are served.
 pub fn load(args: &CmdArgs) -> Result<Conf> {
-    let raw: RawConf = args.parse_conf()?;
+    let mut raw: RawConf = args.parse_conf()?;
+    raw.net = args.net_conf()?;
     match raw.backend.as_deref().unwrap_or("") {
         "" | "nftables" => {}
         b @ ("iptables" | "firewalld") => log::warn!(
@@ -165,9 +167,7 @@ impl Plugin for Firewall {
     fn del(&self, args: &CmdArgs) -> Result<()> {
         // DEL must not fail on what ADD would refuse: with an unreadable config or
         // prevResult, fall back to the attachment's comment.
-        let network = args
-            .conf
-            .get("name")
+        let network = common::gojson::get(&args.conf, "name")
             .and_then(serde_json::Value::as_str)
             .unwrap_or_default()
             .to_string();
@@ -246,9 +246,7 @@ impl Plugin for Firewall {
     }
 
     fn gc(&self, args: &CmdArgs) -> Result<()> {
-        let network = args
-            .conf
-            .get("name")
+        let network = common::gojson::get(&args.conf, "name")
             .and_then(serde_json::Value::as_str)
             .unwrap_or_default();
         let valid = valid_attachments(&args.conf)?;

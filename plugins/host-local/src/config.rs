@@ -20,16 +20,23 @@ pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 /// The checked configuration.
 #[derive(Debug, Clone)]
 pub struct IpamConfig {
-    /// The network name (the directory under `data_dir`).
-    pub name: String,
+    pub store: StoreLocation,
     pub ranges: Vec<RangeSet>,
     pub routes: Vec<Route>,
-    pub data_dir: PathBuf,
     pub resolv_conf: Option<PathBuf>,
+}
+
+/// Where a network's allocations live and how long to wait for its lock: all that DEL and GC
+/// need, since they find allocations by attachment.
+#[derive(Debug, Clone)]
+pub struct StoreLocation {
+    /// The network name (the directory under `data_dir`).
+    pub name: String,
+    pub data_dir: PathBuf,
     pub lock_timeout: Duration,
 }
 
-impl IpamConfig {
+impl StoreLocation {
     /// `<dataDir>/<network>`.
     pub fn network_dir(&self) -> PathBuf {
         self.data_dir.join(&self.name)
@@ -113,7 +120,7 @@ fn build_range(r: &RawRange, where_: &str) -> Result<Range> {
 /// Parses and checks the configuration of one invocation. `version` is the config's
 /// cniVersion (below 0.3.0 a result holds one address per family).
 pub fn load(conf: &Value, version: Version) -> Result<IpamConfig> {
-    let raw: RawNet = serde_json::from_value(conf.clone())
+    let raw: RawNet = common::gojson::from_value(conf)
         .map_err(|e| Error::config(format!("invalid host-local configuration: {e}")))?;
     let Some(ipam) = raw.ipam else {
         return Err(Error::config(
@@ -175,30 +182,70 @@ pub fn load(conf: &Value, version: Version) -> Result<IpamConfig> {
         }
     }
 
-    let lock_timeout = match ipam.lock_timeout {
-        None => DEFAULT_LOCK_TIMEOUT,
-        Some(t) if (0.0..=86_400.0).contains(&t) => Duration::from_secs_f64(t),
-        Some(t) => {
-            return Err(Error::config(format!(
-                "ipam.lockTimeout {t} is not a number of seconds between 0 and 86400"
-            )));
-        }
-    };
-    let data_dir = match ipam.data_dir.as_deref() {
-        None | Some("") => PathBuf::from(DEFAULT_DATA_DIR),
-        Some(d) => PathBuf::from(d),
-    };
+    let lock_timeout = lock_timeout(ipam.lock_timeout)?;
     Ok(IpamConfig {
-        name: raw.name,
+        store: StoreLocation {
+            name: raw.name,
+            data_dir: data_dir(ipam.data_dir.as_deref()),
+            lock_timeout,
+        },
         ranges,
         routes: ipam.routes,
-        data_dir,
         resolv_conf: ipam
             .resolv_conf
             .filter(|s| !s.is_empty())
             .map(PathBuf::from),
-        lock_timeout,
     })
+}
+
+fn lock_timeout(seconds: Option<f64>) -> Result<Duration> {
+    match seconds {
+        None => Ok(DEFAULT_LOCK_TIMEOUT),
+        Some(t) if (0.0..=86_400.0).contains(&t) => Ok(Duration::from_secs_f64(t)),
+        Some(t) => Err(Error::config(format!(
+            "ipam.lockTimeout {t} is not a number of seconds between 0 and 86400"
+        ))),
+    }
+}
+
+fn data_dir(dir: Option<&str>) -> PathBuf {
+    match dir {
+        None | Some("") => PathBuf::from(DEFAULT_DATA_DIR),
+        Some(d) => PathBuf::from(d),
+    }
+}
+
+/// The store of the config, for DEL and GC: only `name`, `ipam.dataDir` and
+/// `ipam.lockTimeout` are read, so ranges, requested addresses or `runtimeConfig` values
+/// that ADD would refuse (a config edited since, a runtime's malformed capability) never
+/// keep an attachment's addresses from being released. An unusable lock timeout falls back
+/// to the default, with a warning.
+pub fn load_store(conf: &Value) -> StoreLocation {
+    use common::gojson::get;
+    let ipam = get(conf, "ipam");
+    let dir = ipam.and_then(|i| get(i, "dataDir")).and_then(Value::as_str);
+    let timeout = ipam
+        .and_then(|i| get(i, "lockTimeout"))
+        .filter(|t| !t.is_null());
+    let lock_timeout = match timeout.map(|t| t.as_f64().ok_or(t)) {
+        None => DEFAULT_LOCK_TIMEOUT,
+        Some(Ok(t)) => lock_timeout(Some(t)).unwrap_or_else(|e| {
+            log::warn!("{e}; waiting {DEFAULT_LOCK_TIMEOUT:?}");
+            DEFAULT_LOCK_TIMEOUT
+        }),
+        Some(Err(t)) => {
+            log::warn!("ipam.lockTimeout {t} is not a number; waiting {DEFAULT_LOCK_TIMEOUT:?}");
+            DEFAULT_LOCK_TIMEOUT
+        }
+    };
+    StoreLocation {
+        name: get(conf, "name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        data_dir: data_dir(dir),
+        lock_timeout,
+    }
 }
 
 /// The addresses this ADD asks for, in order and without repeats: CNI_ARGS `IP=` (one or
@@ -221,19 +268,19 @@ pub fn requested_ips(conf: &Value, cni_args: &str) -> Result<Vec<IpAddr>> {
     let list = |v: Option<&Value>, what: &str| -> Result<Vec<String>> {
         match v {
             None | Some(Value::Null) => Ok(Vec::new()),
-            Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
+            Some(v) => common::gojson::from_value(v).map_err(|e| {
                 Error::config(format!("{what} must be a list of IP address strings: {e}"))
             }),
         }
     };
-    let args_ips = conf
-        .get("args")
-        .and_then(|a| a.get("cni"))
-        .and_then(|c| c.get("ips"));
+    use common::gojson::get;
+    let args_ips = get(conf, "args")
+        .and_then(|a| get(a, "cni"))
+        .and_then(|c| get(c, "ips"));
     for s in list(args_ips, "args.cni.ips")? {
         push(parse_ip("args.cni.ips", &s)?);
     }
-    let rt_ips = conf.get("runtimeConfig").and_then(|r| r.get("ips"));
+    let rt_ips = get(conf, "runtimeConfig").and_then(|r| get(r, "ips"));
     for s in list(rt_ips, "runtimeConfig.ips")? {
         let addr = s.split_once('/').map_or(s.as_str(), |(a, _)| a);
         push(parse_ip("runtimeConfig.ips", addr)?);
@@ -321,17 +368,17 @@ mod tests {
             "fd00::ffff:ffff:ffff:ffff"
         );
         assert_eq!(c.routes.len(), 2);
-        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
-        assert_eq!(c.network_dir(), PathBuf::from("/tmp/x/net1"));
+        assert_eq!(c.store.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.store.network_dir(), PathBuf::from("/tmp/x/net1"));
         assert_eq!(c.resolv_conf, Some(PathBuf::from("/etc/r")));
-        assert_eq!(c.lock_timeout, DEFAULT_LOCK_TIMEOUT);
+        assert_eq!(c.store.lock_timeout, DEFAULT_LOCK_TIMEOUT);
     }
 
     #[test]
     fn defaults_for_data_dir_and_lock_timeout() {
         let c = load_ok(json!({"ranges":[[{"subnet":"10.0.0.0/24"}]],"lockTimeout":2.5}));
-        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
-        assert_eq!(c.lock_timeout, Duration::from_millis(2500));
+        assert_eq!(c.store.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(c.store.lock_timeout, Duration::from_millis(2500));
         assert!(c.resolv_conf.is_none());
     }
 
@@ -468,5 +515,38 @@ mod tests {
         assert_eq!(dns.domain, "example.com");
         assert_eq!(dns.search, ["a.example", "b.example"]);
         assert_eq!(dns.options, ["ndots:5", "edns0"]);
+    }
+
+    #[test]
+    fn runtime_values_with_go_field_names() {
+        let conf = json!({"cniVersion": "1.0.0", "name": "n", "type": "bridge",
+            "IPAM": {"Type": "host-local", "Ranges": [[{"Subnet": "10.0.0.0/24", "RangeStart": "10.0.0.10"}]]},
+            "RuntimeConfig": {"IPRanges": [[{"Subnet": "10.0.9.0/24"}]], "IPs": ["10.0.9.7/24"]},
+            "Args": {"CNI": {"IPs": ["10.0.0.20"]}}});
+        let c = load(&conf, Version::V1_0_0).unwrap();
+        assert_eq!(c.ranges.len(), 2, "runtime ranges are prepended");
+        assert_eq!(c.ranges[1].0[0].start.to_string(), "10.0.0.10");
+        let ips = requested_ips(&conf, "").unwrap();
+        assert_eq!(
+            ips,
+            vec![
+                "10.0.0.20".parse::<IpAddr>().unwrap(),
+                "10.0.9.7".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn the_store_is_found_whatever_else_the_config_holds() {
+        let conf = json!({"name": "n", "ipam": {"type": "host-local", "dataDir": "/tmp/d",
+                "ranges": "not a list", "lockTimeout": "soon"},
+            "runtimeConfig": {"ipRanges": 7, "ips": [1, 2]}, "args": {"cni": {"ips": "x"}}});
+        assert!(load(&conf, Version::V1_0_0).is_err());
+        let s = load_store(&conf);
+        assert_eq!(s.network_dir(), PathBuf::from("/tmp/d/n"));
+        assert_eq!(s.lock_timeout, DEFAULT_LOCK_TIMEOUT);
+        let s = load_store(&json!({"name": "m", "ipam": {"LockTimeout": 2.5}}));
+        assert_eq!(s.network_dir(), PathBuf::from(DEFAULT_DATA_DIR).join("m"));
+        assert_eq!(s.lock_timeout, Duration::from_millis(2500));
     }
 }

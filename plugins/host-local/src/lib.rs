@@ -13,7 +13,7 @@ use common::skel::{CmdArgs, Plugin};
 use common::spec::CniResult;
 use common::spec::config::valid_attachments;
 use common::{Error, Result};
-use config::IpamConfig;
+use config::{IpamConfig, StoreLocation};
 use disk::{DiskStore, Probe};
 use std::net::IpAddr;
 use std::path::Path;
@@ -25,8 +25,8 @@ fn load(args: &CmdArgs) -> Result<IpamConfig> {
     config::load(&args.conf, args.version)
 }
 
-fn open(conf: &IpamConfig, create: bool) -> Result<Option<DiskStore>> {
-    DiskStore::open(&conf.data_dir, &conf.name, conf.lock_timeout, create)
+fn open(store: &StoreLocation, create: bool) -> Result<Option<DiskStore>> {
+    DiskStore::open(&store.data_dir, &store.name, store.lock_timeout, create)
 }
 
 impl Plugin for HostLocal {
@@ -41,10 +41,10 @@ impl Plugin for HostLocal {
         let conf = load(args)?;
         let requested = config::requested_ips(&args.conf, &args.args)?;
         let dns = config::load_dns(&conf)?;
-        let mut store = open(&conf, true)?.ok_or_else(|| {
+        let mut store = open(&conf.store, true)?.ok_or_else(|| {
             Error::internal(format!(
                 "{} could not be created",
-                conf.network_dir().display()
+                conf.store.network_dir().display()
             ))
         })?;
         let ips = allocator::allocate_all(
@@ -64,8 +64,7 @@ impl Plugin for HostLocal {
     }
 
     fn del(&self, args: &CmdArgs) -> Result<()> {
-        let conf = load(args)?;
-        let Some(mut store) = open(&conf, false)? else {
+        let Some(mut store) = open(&config::load_store(&args.conf), false)? else {
             return Ok(());
         };
         allocator::release_attachment(&mut store, &args.container_id, &args.ifname)?;
@@ -81,7 +80,7 @@ impl Plugin for HostLocal {
                 args.container_id, args.ifname
             ))
         };
-        let Some(mut store) = open(&conf, false)? else {
+        let Some(mut store) = open(&conf.store, false)? else {
             return Err(not_found());
         };
         let held = allocator::ips_of_attachment(&mut store, &args.container_id, &args.ifname)?;
@@ -105,9 +104,8 @@ impl Plugin for HostLocal {
     }
 
     fn gc(&self, args: &CmdArgs) -> Result<()> {
-        let conf = load(args)?;
         let valid = valid_attachments(&args.conf)?;
-        let Some(mut store) = open(&conf, false)? else {
+        let Some(mut store) = open(&config::load_store(&args.conf), false)? else {
             return Ok(());
         };
         let freed = allocator::gc(&mut store, &valid);
@@ -128,7 +126,7 @@ impl Plugin for HostLocal {
 
     fn status(&self, args: &CmdArgs) -> Result<()> {
         let conf = load(args)?;
-        let dir = conf.network_dir();
+        let dir = conf.store.network_dir();
         writable(&dir)?;
         let mut probe = Probe::new(&dir);
         for (idx, set) in conf.ranges.iter().enumerate() {

@@ -9,10 +9,11 @@ use serde::Deserialize;
 use std::net::IpAddr;
 
 /// The config as it arrives on stdin.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RawConf {
-    #[serde(flatten)]
+    /// The common keys, decoded from the same config by [`CmdArgs::net_conf`].
+    #[serde(skip)]
     pub net: NetConf,
     /// Masquerade hairpin and localhost traffic to the container (default true).
     #[serde(default)]
@@ -175,9 +176,35 @@ impl Conf {
     }
 }
 
+/// The config for DEL and GC. A value ADD would refuse (a malformed `portMappings` from the
+/// runtime, a key edited since) is logged and ignored: the attachment's rules are then found
+/// by their owner in the kernel instead of being derived from the mappings.
+pub fn load_for_teardown(args: &CmdArgs) -> Conf {
+    load(args).unwrap_or_else(|e| {
+        log::warn!(
+            "{}: ignoring an unusable config ({e}); the attachment's rules are found by owner",
+            args.command.as_str()
+        );
+        let mut raw = RawConf::default();
+        raw.net.name = common::gojson::get(&args.conf, "name")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        Conf {
+            raw,
+            snat: true,
+            masq_all: false,
+            conditions_v4: None,
+            conditions_v6: None,
+            mappings: None,
+        }
+    })
+}
+
 /// Parses and checks the configuration (code 6 for malformed JSON, 7 for bad values).
 pub fn load(args: &CmdArgs) -> Result<Conf> {
-    let raw: RawConf = args.parse_conf()?;
+    let mut raw: RawConf = args.parse_conf()?;
+    raw.net = args.net_conf()?;
     match raw.backend.as_deref() {
         None | Some("") | Some("iptables") | Some("nftables") => {}
         Some(other) => {
@@ -201,7 +228,7 @@ pub fn load(args: &CmdArgs) -> Result<Conf> {
     let mappings = match raw.net.runtime("portMappings") {
         None | Some(serde_json::Value::Null) => None,
         Some(v) => {
-            let list: Vec<RawMapping> = serde_json::from_value(v.clone())
+            let list: Vec<RawMapping> = common::gojson::from_value(v)
                 .map_err(|e| Error::Decode(format!("runtimeConfig.portMappings: {e}")))?;
             Some(
                 list.into_iter()
@@ -249,7 +276,56 @@ mod tests {
     use serde_json::json;
 
     fn raw(m: serde_json::Value) -> Result<Mapping> {
-        parse_mapping(serde_json::from_value(m).map_err(|e| Error::Decode(e.to_string()))?)
+        parse_mapping(common::gojson::from_value(&m).map_err(|e| Error::Decode(e.to_string()))?)
+    }
+
+    fn cmd(command: common::skel::Command, conf: serde_json::Value) -> CmdArgs {
+        CmdArgs {
+            command,
+            container_id: "c1".into(),
+            netns: String::new(),
+            ifname: "eth0".into(),
+            args: String::new(),
+            path: "/opt/cni/bin".into(),
+            stdin: conf.to_string().into_bytes(),
+            conf,
+            version: common::spec::Version::V1_0_0,
+        }
+    }
+
+    #[test]
+    fn containerd_sends_go_field_names() {
+        use common::skel::Command;
+        let conf = json!({"cniVersion": "1.0.0", "name": "k8s", "type": "portmap",
+            "runtimeConfig": {"portMappings": [
+                {"HostPort": 8080, "ContainerPort": 80, "Protocol": "tcp", "HostIP": ""},
+                {"HostPort": 5353, "ContainerPort": 53, "Protocol": "udp", "HostIP": "192.0.2.1"}]}});
+        let c = load(&cmd(Command::Add, conf)).unwrap();
+        let m = c.mappings.unwrap();
+        assert_eq!((m[0].host_port, m[0].container_port), (8080, 80));
+        assert_eq!((m[0].proto, m[0].host_ip), (Proto::Tcp, None));
+        assert_eq!(m[1].proto, Proto::Udp);
+        assert_eq!(m[1].host_ip, Some("192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn teardown_ignores_what_add_refuses() {
+        use common::skel::Command;
+        for bad_rc in [
+            json!({"portMappings": "8080:80"}),
+            json!({"portMappings": [{"HostPort": 0, "ContainerPort": 80, "Protocol": "tcp"}]}),
+            json!({"portMappings": [{"hostPort": 1, "containerPort": 1, "protocol": "icmp"}]}),
+        ] {
+            let conf = json!({"cniVersion": "1.0.0", "name": "k8s", "type": "portmap",
+                "conditionsV4": ["-s", "10.0.0.0/8"], "runtimeConfig": bad_rc});
+            assert!(load(&cmd(Command::Add, conf.clone())).is_err(), "{bad_rc}");
+            let c = load_for_teardown(&cmd(Command::Del, conf));
+            assert_eq!(c.network(), "k8s");
+            assert!(
+                c.mappings.is_none(),
+                "unknown mappings: rules are found by owner"
+            );
+        }
     }
 
     #[test]

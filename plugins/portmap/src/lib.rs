@@ -62,7 +62,7 @@ impl Plugin for Portmap {
     }
 
     fn del(&self, args: &CmdArgs) -> Result<()> {
-        let conf = config::load(args)?;
+        let conf = config::load_for_teardown(args);
         // A prevResult that cannot be read counts as absent: DEL must still clean up.
         let prev = args.prev_result().unwrap_or_else(|e| {
             log::warn!("ignoring an unreadable prevResult on DEL: {e}");
@@ -108,7 +108,7 @@ impl Plugin for Portmap {
     }
 
     fn gc(&self, args: &CmdArgs) -> Result<()> {
-        let conf = config::load(args)?;
+        let conf = config::load_for_teardown(args);
         let valid = valid_attachments(&args.conf)?;
         let flows = rules::gc_rules(conf.network(), &valid)?;
         flush_udp(&flows, Stage::Del);

@@ -19,7 +19,8 @@ pub const DEFAULT_DATA_DIR: &str = "/run/cni/tuning";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TuningConf {
-    #[serde(flatten)]
+    /// The common keys, decoded from the same config by [`CmdArgs::net_conf`].
+    #[serde(skip)]
     pub net: NetConf,
     #[serde(default)]
     pub data_dir: String,
@@ -37,6 +38,15 @@ pub struct TuningConf {
     pub allmulti: Option<bool>,
     #[serde(default, rename = "txQLen")]
     pub tx_q_len: Option<u32>,
+}
+
+impl TuningConf {
+    /// The plugin's keys and the common ones, decoded from one config (code 6 on a bad shape).
+    pub fn from_json(conf: &Value) -> Result<TuningConf> {
+        let mut tuning: TuningConf = decode("network config", conf)?;
+        tuning.net = decode("network config", conf)?;
+        Ok(tuning)
+    }
 }
 
 /// What one invocation wants the interface and its namespace to look like.
@@ -59,20 +69,20 @@ pub struct Settings {
 /// The allow-list is read only when some sysctl is configured.
 pub fn load(args: &CmdArgs) -> Result<Settings> {
     reject_duplicate_sysctls(&args.stdin)?;
-    let conf: TuningConf = args.parse_conf()?;
+    let conf = TuningConf::from_json(&args.conf)?;
     resolve(&conf, &args.args, &args.ifname, Allowlist::load)
 }
 
 /// The data dir only: what DEL and GC need (lenient: a config ADD accepted parses here).
 pub fn data_dir(args: &CmdArgs) -> String {
-    match args.conf.get("dataDir").and_then(Value::as_str) {
+    match common::gojson::get(&args.conf, "dataDir").and_then(Value::as_str) {
         Some(d) if !d.is_empty() => d.to_string(),
         _ => DEFAULT_DATA_DIR.to_string(),
     }
 }
 
 fn decode<T: DeserializeOwned>(what: &str, v: &Value) -> Result<T> {
-    serde_json::from_value(v.clone()).map_err(|e| Error::Decode(format!("{what}: {e}")))
+    common::gojson::from_value(v).map_err(|e| Error::Decode(format!("{what}: {e}")))
 }
 
 /// Applies the reference's precedence: the config, then CNI_ARGS `MAC=`, then
@@ -257,7 +267,7 @@ mod tests {
     use serde_json::json;
 
     fn conf(v: Value) -> TuningConf {
-        serde_json::from_value(v).unwrap()
+        TuningConf::from_json(&v).unwrap()
     }
 
     fn settings(v: Value, cni_args: &str) -> Result<Settings> {
@@ -283,6 +293,15 @@ mod tests {
         // Unknown CNI_ARGS keys need IgnoreUnknown, as in the reference.
         assert_eq!(settings(base.clone(), "FOO=1").unwrap_err().code(), 4);
         assert_eq!(mac(base, "FOO=1;IgnoreUnknown=1"), Some(1));
+    }
+
+    #[test]
+    fn go_field_names_are_matched_as_go_matches_them() {
+        let v = json!({"Name": "n", "Type": "tuning", "MTU": 1400, "Promisc": true,
+            "RuntimeConfig": {"Mac": "02:00:00:00:00:05"}, "Args": {"CNI": {"TxQLen": 30}}});
+        let s = settings(v, "").unwrap();
+        assert_eq!((s.mtu, s.promisc, s.txqlen), (Some(1400), true, Some(30)));
+        assert_eq!(s.mac.map(|m| m[5]), Some(5));
     }
 
     #[test]

@@ -96,23 +96,125 @@ fn tbf_parameters_follow_the_reference_arithmetic() {
         }
     );
     assert_eq!(t.burst_bytes(c), 10_000);
-    assert_eq!(t.as_kernel_keeps_it(), t);
+    assert_eq!(t.max_packet(), 10_000);
+    assert_eq!(
+        Tbf::from_bits_as_reference(1_000_000, 80_000, 25, c),
+        Some(t)
+    );
     // Bits that do not make a whole byte are dropped.
     assert_eq!(Tbf::from_bits(1_000_007, 80_007, 25, c).unwrap(), t);
-
-    // A buffer longer than the kernel keeps (u32 ns, about 4.3 s): 1 MB at 8 kbit/s.
-    let long = Tbf::from_bits(8_000, 8_000_000, 25, c).unwrap();
-    assert_eq!(
-        long.as_kernel_keeps_it().buffer,
-        (u32::MAX as u64 / 64) as u32
-    );
 
     for (rate, burst) in [(7, 800), (800, 7), (800, 8 * u64::from(u32::MAX))] {
         let e = Tbf::from_bits(rate, burst, 25, c).unwrap_err();
         assert_eq!(e.code(), 7, "{rate} {burst}: {e}");
+        assert_eq!(Tbf::from_bits_as_reference(rate, burst, 25, c), None);
     }
     // The largest burst allowed.
     assert!(Tbf::from_bits(800, 8 * u64::from(u32::MAX - 1), 25, c).is_ok());
+}
+
+/// Where a count does not fit a u32, ours is the largest that does and the reference's wraps
+/// (Go's float-to-uint32 conversion on amd64, and u32 sums); everywhere else they agree.
+#[test]
+fn tbf_counts_saturate_where_the_reference_wraps() {
+    let c = PschedClock::DEFAULT;
+    let both = |rate: u64, burst: u64| {
+        (
+            Tbf::from_bits(rate, burst, 25, c).unwrap(),
+            Tbf::from_bits_as_reference(rate, burst, 25, c).unwrap(),
+        )
+    };
+
+    // containerd's burst (2^32-1 bits = 536870911 B) at 10 Mbit/s: 429496728 µs is
+    // 6710886375 ticks; the reference keeps 6710886375 - 2^32.
+    let (ours, reference) = both(10_000_000, 4_294_967_295);
+    assert_eq!((ours.buffer, reference.buffer), (u32::MAX, 2_415_919_079));
+    assert_eq!(ours.limit, 31_250 + 536_870_911);
+    assert_eq!(reference.limit, ours.limit);
+
+    // At 7.8125 Mbit/s the reference's buffer wraps to 4376 ticks (280 µs): its largest
+    // packet is 273 bytes, so nothing of full size gets through.
+    let (ours, reference) = both(7_812_500, 4_294_967_295);
+    assert_eq!(reference.buffer, 4_376);
+    assert_eq!(reference.max_packet(), 273);
+    assert_eq!(ours.buffer, u32::MAX);
+    assert_eq!(ours.max_packet(), 4_194_301);
+
+    // CRI-O's burst (2^35-9 bits = 2^32-2 B): the limit passes 2^32; the reference's sum
+    // wraps to 25 ms of traffic minus 2 bytes.
+    let (ours, reference) = both(10_000_000, 34_359_738_359);
+    assert_eq!((ours.limit, reference.limit), (u32::MAX, 31_248));
+    assert_eq!((ours.buffer, reference.buffer), (u32::MAX, 2_147_483_619));
+    // ... and below 480 kbit/s the wrapped limit is less than a full-size packet.
+    let (ours, reference) = both(1_000, 34_359_738_359);
+    assert_eq!((ours.limit, reference.limit), (u32::MAX, 1));
+
+    // The microseconds themselves pass 2^32 (1 B/s, 4400 B: 4.4e9 µs).
+    let (ours, reference) = both(8, 8 * 4_400);
+    assert_eq!(ours.buffer, u32::MAX);
+    assert_eq!(
+        reference.buffer,
+        ((4_400_000_000u64 - (1 << 32)) * 125 / 8) as u32
+    );
+
+    // 1 Pbit/s: rate·25 ms is 3.125e12 bytes, past u32 on its own.
+    let (ours, reference) = both(1_000_000_000_000_000, 4_294_967_295);
+    assert_eq!(ours.rate, 125_000_000_000_000);
+    assert_eq!((ours.buffer, reference.buffer), (62, 62));
+    assert_eq!(ours.limit, u32::MAX);
+    let wrapped = (3_125_000_000_000u64 % (1 << 32)) as u32;
+    assert_eq!(reference.limit, wrapped.wrapping_add(536_870_911));
+
+    // Nothing overflows: identical, to the tick.
+    for (rate, burst) in [
+        (100_000_000, 4_294_967_295),
+        (1_000_000_000, 34_359_738_359 / 8),
+        (8, 8),
+        (34_359_738_360, 80_000),
+        (34_359_738_368, 80_000),
+    ] {
+        let (ours, reference) = both(rate, burst);
+        assert_eq!(ours, reference, "{rate} {burst}");
+    }
+}
+
+/// The kernel refuses a tbf whose bucket lets no byte through; so does from_bits, with code 7.
+#[test]
+fn tbf_with_an_empty_bucket_is_refused() {
+    let c = PschedClock::DEFAULT;
+    for (rate, burst) in [
+        // 1 B at 3 B/s: 333333 µs, 5208328 ticks = 333332992 ns, worth 0.99 byte.
+        (24, 8),
+        // 1250 B at 1.25e14 B/s: under a microsecond, 0 ticks.
+        (1_000_000_000_000_000, 10_000),
+        (u64::MAX, 34_359_738_359),
+    ] {
+        let e = Tbf::from_bits(rate, burst, 25, c).unwrap_err();
+        assert_eq!(e.code(), 7, "{rate} {burst}: {e}");
+        let reference = Tbf::from_bits_as_reference(rate, burst, 25, c).unwrap();
+        assert_eq!(reference.max_packet(), 0, "{rate} {burst}");
+    }
+}
+
+#[test]
+fn go_conversions_wrap_as_on_amd64() {
+    // Values printed by go1.19 on amd64 for uint32(float64(x)).
+    for (x, go) in [
+        (4_294_967_295.9, 4_294_967_295u32),
+        (4_294_967_296.0, 0),
+        (6_710_886_375.0, 2_415_919_079),
+        (3.125e12, 2_558_775_808),
+        (9.3e18, 0),
+        (1e20, 0),
+        (-1.0, 4_294_967_295),
+        (f64::NAN, 0),
+    ] {
+        assert_eq!(Narrowing::Wrap.count(x), go, "{x}");
+    }
+    assert_eq!(Narrowing::Saturate.count(6_710_886_375.0), u32::MAX);
+    assert_eq!(Narrowing::Saturate.count(-1.0), 0);
+    assert_eq!(Narrowing::Wrap.sum(4_294_967_294, 31_250), 31_248);
+    assert_eq!(Narrowing::Saturate.sum(4_294_967_294, 31_250), u32::MAX);
 }
 
 #[test]
@@ -152,7 +254,7 @@ fn tbf_root_add_replace_dump_delete() {
         let root = s.root_qdisc(v0).unwrap().unwrap();
         assert_eq!(root.kind, "tbf");
         assert_eq!(root.handle, TBF_HANDLE);
-        assert_eq!(root.tbf, Some(t.as_kernel_keeps_it()));
+        assert_eq!(root.tbf, Some(t));
 
         // tc agrees: rate 8 Mbit, burst 100000 bytes, and a limit worth 25 ms.
         let q = json("tc", &["-j", "qdisc", "show", "dev", "v0"]);
@@ -178,7 +280,14 @@ fn tbf_root_add_replace_dump_delete() {
         s.replace_tbf(v0, &fast).unwrap();
         let got = s.root_qdisc(v0).unwrap().unwrap().tbf.unwrap();
         assert_eq!(got.rate, 6u64 << 32);
-        assert_eq!(got, fast.as_kernel_keeps_it());
+        assert_eq!(got, fast);
+
+        // A buffer of u32::MAX ticks (275 s, past the 2^32 ns the kernel uses for its
+        // largest packet) comes back whole.
+        let long = Tbf::from_bits(10_000_000, 4_294_967_295, 25, clock).unwrap();
+        assert_eq!(long.buffer, u32::MAX);
+        s.replace_tbf(v0, &long).unwrap();
+        assert_eq!(s.root_qdisc(v0).unwrap().unwrap().tbf, Some(long));
 
         // Replace also takes over a root qdisc someone else put there.
         run(
