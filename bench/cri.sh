@@ -20,4 +20,4 @@ N=${1:-30}
 [ "$(id -u)" = 0 ] || { echo "cri.sh: run as root (containerd, namespaces)" >&2; exit 1; }
 ours=$(scripts/build-static.sh --quiet | tail -1)
 cargo build --release --locked --quiet -p cni-cri --example cri_bench
-CNI_TEST_BIN_DIR=$ours target/release/examples/cri_bench "$N"
+CNI_TEST_BIN_DIR=$(cd "$ours" && pwd) target/release/examples/cri_bench "$N"

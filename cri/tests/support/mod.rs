@@ -133,11 +133,14 @@ pub enum Side {
 }
 
 impl Side {
+    /// The directory of this side's binaries, absolute (the node's CNI directory links to
+    /// it).
     pub fn dir(self) -> PathBuf {
-        match self {
+        let dir = match self {
             Side::Ours => testkit::bin_dir(),
             Side::Reference => PathBuf::from(REFERENCE_DIR),
-        }
+        };
+        std::fs::canonicalize(&dir).unwrap_or(dir)
     }
 }
 
