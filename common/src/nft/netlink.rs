@@ -23,14 +23,16 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 
 /// `NFNL_SUBSYS_NFTABLES`.
-const SUBSYS_NFTABLES: u16 = 10;
+pub(super) const SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 
 // enum nf_tables_msg_types
 pub(super) const NFT_MSG_NEWCHAIN: u16 = 3;
-const NFT_MSG_GETCHAIN: u16 = 4;
-const NFT_MSG_GETRULE: u16 = 7;
+pub(super) const NFT_MSG_GETCHAIN: u16 = 4;
+pub(super) const NFT_MSG_DELCHAIN: u16 = 5;
+pub(super) const NFT_MSG_GETRULE: u16 = 7;
+pub(super) const NFT_MSG_DELRULE: u16 = 8;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 pub(super) const NFT_MSG_DELSETELEM: u16 = 14;
 
@@ -40,6 +42,7 @@ pub(super) const NFTA_CHAIN_NAME: u16 = 3;
 // enum nft_rule_attributes
 pub(super) const NFTA_RULE_TABLE: u16 = 1;
 pub(super) const NFTA_RULE_CHAIN: u16 = 2;
+pub(super) const NFTA_RULE_HANDLE: u16 = 3;
 pub(super) const NFTA_RULE_EXPRESSIONS: u16 = 4;
 const NFTA_RULE_USERDATA: u16 = 7;
 // enum nft_list_attributes / nft_expr_attributes
@@ -436,7 +439,7 @@ const CHAIN_VOLATILE: &[u16] = &[2, 6, 8, 11]; // HANDLE, USE, COUNTERS, ID
 /// Kernel: a dump of nf_tables objects (`get` is the `NFT_MSG_GET*` type, `attrs` its
 /// filter): the attributes of each object, in the kernel's order, retried while the kernel
 /// says the objects changed during it (`NLM_F_DUMP_INTR`). `None` when the table is missing.
-fn dump_objects(
+pub(super) fn dump_objects(
     nl: &mut NfSocket,
     family: Family,
     get: u16,
@@ -568,7 +571,7 @@ pub struct KernelRule {
 }
 
 impl KernelRule {
-    fn parse(attrs: &[u8]) -> KernelRule {
+    pub(super) fn parse(attrs: &[u8]) -> KernelRule {
         let comment = find(attrs, NFTA_RULE_USERDATA).and_then(|u| {
             let mut rest = u;
             while let [ty, len, tail @ ..] = rest {
