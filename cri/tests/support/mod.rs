@@ -42,7 +42,7 @@ for d in /var/run/netns /var/lib/cni; do mkdir -p \"$d\"; mount -t tmpfs -o mode
 exec \"$@\"";
 /// The name of containerd's built-in loopback network (its libcni cache key).
 pub const LOOPBACK_NET: &str = "cni-loopback";
-/// The plugins the test's conflist and containerd's loopback network name.
+/// The plugin types the test's conflist and containerd's loopback network use.
 pub const PLUGINS: &[&str] = &[
     "bridge",
     "host-local",
