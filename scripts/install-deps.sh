@@ -6,7 +6,10 @@
 #   tests:     iproute2 (assertions), iputils-ping, netcat-openbsd (demo traffic), jq,
 #              iptables (iptables-nft: the firewall tests check iptables still reads its chains)
 #   --interop: the reference plugins (containernetworking-plugins, /usr/lib/cni) and
-#              libcni's cnitool, built from Debian's source package of libcni
+#              libcni's cnitool, built from Debian's source package of libcni; for the CRI
+#              tests (cri/): containerd (1.6, with its runc shim and ctr), runc,
+#              busybox-static (the test image is built from its /bin/busybox) and
+#              protobuf-compiler (protoc: the CRI client's gRPC code is generated at build time)
 #   --bench:   what bench/compare.sh needs besides --interop: gnuplot (gnuplot-nox, the PNG plot),
 #              time (/usr/bin/time, peak memory), busybox-static and curl (chain-bench's checks);
 #              and gdb for scripts/hot-symbols.sh
@@ -29,7 +32,8 @@ say() { echo "[install-deps] $*"; }
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" = "install ok installed" ]; }
 
 pkgs=(nftables iproute2 iputils-ping netcat-openbsd jq ca-certificates iptables procps)
-[ "$interop" = 1 ] && pkgs+=(containernetworking-plugins golang-go golang-github-appc-cni-dev dpkg-dev xz-utils)
+[ "$interop" = 1 ] && pkgs+=(containernetworking-plugins golang-go golang-github-appc-cni-dev dpkg-dev xz-utils
+  containerd runc busybox-static protobuf-compiler)
 [ "$bench" = 1 ] && pkgs+=(gnuplot-nox time busybox-static curl gdb)
 
 # libcni's cnitool is not in a binary package; its source package is, which needs deb-src.

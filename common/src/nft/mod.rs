@@ -41,6 +41,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 pub mod netlink;
+pub mod reference;
 mod setup;
 
 /// The longest comment nft stores (bytes).

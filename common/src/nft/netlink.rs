@@ -23,14 +23,16 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 
 /// `NFNL_SUBSYS_NFTABLES`.
-const SUBSYS_NFTABLES: u16 = 10;
+pub(super) const SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 
 // enum nf_tables_msg_types
 pub(super) const NFT_MSG_NEWCHAIN: u16 = 3;
-const NFT_MSG_GETCHAIN: u16 = 4;
-const NFT_MSG_GETRULE: u16 = 7;
+pub(super) const NFT_MSG_GETCHAIN: u16 = 4;
+pub(super) const NFT_MSG_DELCHAIN: u16 = 5;
+pub(super) const NFT_MSG_GETRULE: u16 = 7;
+pub(super) const NFT_MSG_DELRULE: u16 = 8;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 pub(super) const NFT_MSG_DELSETELEM: u16 = 14;
 
@@ -40,6 +42,7 @@ pub(super) const NFTA_CHAIN_NAME: u16 = 3;
 // enum nft_rule_attributes
 pub(super) const NFTA_RULE_TABLE: u16 = 1;
 pub(super) const NFTA_RULE_CHAIN: u16 = 2;
+pub(super) const NFTA_RULE_HANDLE: u16 = 3;
 pub(super) const NFTA_RULE_EXPRESSIONS: u16 = 4;
 const NFTA_RULE_USERDATA: u16 = 7;
 // enum nft_list_attributes / nft_expr_attributes
@@ -57,6 +60,37 @@ const NFTA_SET_ELEM_USERDATA: u16 = 6;
 const NFTA_SET_ELEM_KEY_END: u16 = 10;
 // enum nft_data_attributes
 pub const NFTA_DATA_VALUE: u16 = 1;
+pub(super) const NFTA_DATA_VERDICT: u16 = 2;
+// enum nft_verdict_attributes
+pub(super) const NFTA_VERDICT_CODE: u16 = 1;
+pub(super) const NFTA_VERDICT_CHAIN: u16 = 2;
+// Verdict codes, as the u32 of NFTA_VERDICT_CODE (the kernel's are signed).
+pub(super) const NF_DROP: u32 = 0;
+pub(super) const NF_ACCEPT: u32 = 1;
+pub(super) const NFT_JUMP: u32 = -3i32 as u32;
+pub(super) const NFT_GOTO: u32 = -4i32 as u32;
+pub(super) const NFT_RETURN: u32 = -5i32 as u32;
+// Expression attributes (enum nft_{immediate,payload,cmp,ct,bitwise}_attributes) and values.
+pub(super) const NFTA_IMMEDIATE_DREG: u16 = 1;
+pub(super) const NFTA_IMMEDIATE_DATA: u16 = 2;
+pub(super) const NFTA_PAYLOAD_DREG: u16 = 1;
+pub(super) const NFTA_PAYLOAD_BASE: u16 = 2;
+pub(super) const NFTA_PAYLOAD_OFFSET: u16 = 3;
+pub(super) const NFTA_PAYLOAD_LEN: u16 = 4;
+pub(super) const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+pub(super) const NFTA_CMP_SREG: u16 = 1;
+pub(super) const NFTA_CMP_OP: u16 = 2;
+pub(super) const NFTA_CMP_DATA: u16 = 3;
+pub(super) const NFT_CMP_EQ: u32 = 0;
+pub(super) const NFT_CMP_NEQ: u32 = 1;
+pub(super) const NFTA_CT_DREG: u16 = 1;
+pub(super) const NFTA_CT_KEY: u16 = 2;
+pub(super) const NFT_CT_STATE: u32 = 0;
+pub(super) const NFTA_BITWISE_SREG: u16 = 1;
+pub(super) const NFTA_BITWISE_DREG: u16 = 2;
+pub(super) const NFTA_BITWISE_LEN: u16 = 3;
+pub(super) const NFTA_BITWISE_MASK: u16 = 4;
+pub(super) const NFTA_BITWISE_XOR: u16 = 5;
 /// libnftnl's user-data TLV type for a comment (rules and set elements alike).
 const UDATA_COMMENT: u8 = 0;
 
@@ -436,7 +470,7 @@ const CHAIN_VOLATILE: &[u16] = &[2, 6, 8, 11]; // HANDLE, USE, COUNTERS, ID
 /// Kernel: a dump of nf_tables objects (`get` is the `NFT_MSG_GET*` type, `attrs` its
 /// filter): the attributes of each object, in the kernel's order, retried while the kernel
 /// says the objects changed during it (`NLM_F_DUMP_INTR`). `None` when the table is missing.
-fn dump_objects(
+pub(super) fn dump_objects(
     nl: &mut NfSocket,
     family: Family,
     get: u16,
@@ -568,7 +602,7 @@ pub struct KernelRule {
 }
 
 impl KernelRule {
-    fn parse(attrs: &[u8]) -> KernelRule {
+    pub(super) fn parse(attrs: &[u8]) -> KernelRule {
         let comment = find(attrs, NFTA_RULE_USERDATA).and_then(|u| {
             let mut rest = u;
             while let [ty, len, tail @ ..] = rest {

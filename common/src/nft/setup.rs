@@ -13,9 +13,14 @@
 
 use super::Family;
 use super::netlink::{
-    NFT_MSG_DELSETELEM, NFT_MSG_NEWCHAIN, NFTA_CHAIN_NAME, NFTA_CHAIN_TABLE, NFTA_EXPR_DATA,
-    NFTA_EXPR_NAME, NFTA_LIST_ELEM, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_TABLE,
-    NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE, RawMsg, put_data,
+    NF_ACCEPT, NF_DROP, NFT_CMP_EQ, NFT_CMP_NEQ, NFT_GOTO, NFT_JUMP, NFT_MSG_DELSETELEM,
+    NFT_MSG_NEWCHAIN, NFT_RETURN, NFTA_BITWISE_DREG, NFTA_BITWISE_LEN, NFTA_BITWISE_MASK,
+    NFTA_BITWISE_SREG, NFTA_BITWISE_XOR, NFTA_CHAIN_NAME, NFTA_CHAIN_TABLE, NFTA_CMP_DATA,
+    NFTA_CMP_OP, NFTA_CMP_SREG, NFTA_CT_DREG, NFTA_CT_KEY, NFTA_DATA_VERDICT, NFTA_EXPR_DATA,
+    NFTA_EXPR_NAME, NFTA_IMMEDIATE_DATA, NFTA_IMMEDIATE_DREG, NFTA_LIST_ELEM, NFTA_PAYLOAD_BASE,
+    NFTA_PAYLOAD_DREG, NFTA_PAYLOAD_LEN, NFTA_PAYLOAD_OFFSET, NFTA_RULE_CHAIN,
+    NFTA_RULE_EXPRESSIONS, NFTA_RULE_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE,
+    NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE, RawMsg, put_data,
 };
 use crate::nfnetlink::{NLM_F_CREATE, put_attr, put_nested, put_str};
 use serde_json::Value;
@@ -47,20 +52,10 @@ const NFTA_SET_ID: u16 = 10;
 const NFTA_SET_USERDATA: u16 = 13;
 const NFTA_SET_DESC_CONCAT: u16 = 2;
 const NFTA_SET_FIELD_LEN: u16 = 1;
-const NFTA_DATA_VERDICT: u16 = 2;
-const NFTA_VERDICT_CODE: u16 = 1;
-const NFTA_VERDICT_CHAIN: u16 = 2;
 
 const NFT_SET_INTERVAL: u32 = 0x4;
 const NFT_SET_MAP: u32 = 0x8;
 const NFT_SET_CONCAT: u32 = 0x80;
-
-// Verdicts.
-const NF_DROP: i32 = 0;
-const NF_ACCEPT: i32 = 1;
-const NFT_JUMP: i32 = -3;
-const NFT_GOTO: i32 = -4;
-const NFT_RETURN: i32 = -5;
 
 // libnftnl's set user data (`enum udata_set_type`, and the nested typeof record).
 const UDATA_SET_KEYBYTEORDER: u8 = 0;
@@ -218,7 +213,7 @@ fn chain_attrs(body: &Value, family: Family) -> Option<Vec<u8>> {
             "drop" => NF_DROP,
             _ => return None,
         };
-        be32(&mut a, NFTA_CHAIN_POLICY, policy as u32);
+        be32(&mut a, NFTA_CHAIN_POLICY, policy);
         put_str(&mut a, NFTA_CHAIN_TYPE, str_field(body, "type")?);
     }
     Some(a)
@@ -356,10 +351,10 @@ impl Load {
         let mut a = Vec::new();
         let name = match *self {
             Load::Payload(base, offset, len) => {
-                be32(&mut a, 1, reg(unit)); // NFTA_PAYLOAD_DREG
-                be32(&mut a, 2, base);
-                be32(&mut a, 3, offset);
-                be32(&mut a, 4, len);
+                be32(&mut a, NFTA_PAYLOAD_DREG, reg(unit));
+                be32(&mut a, NFTA_PAYLOAD_BASE, base);
+                be32(&mut a, NFTA_PAYLOAD_OFFSET, offset);
+                be32(&mut a, NFTA_PAYLOAD_LEN, len);
                 "payload"
             }
             Load::Meta(key, _) => {
@@ -368,8 +363,8 @@ impl Load {
                 "meta"
             }
             Load::Ct(key, _) => {
-                be32(&mut a, 1, reg(unit)); // NFTA_CT_DREG
-                be32(&mut a, 2, key);
+                be32(&mut a, NFTA_CT_DREG, reg(unit));
+                be32(&mut a, NFTA_CT_KEY, key);
                 "ct"
             }
             Load::FibDaddrType => {
@@ -460,7 +455,7 @@ impl RuleBuilder {
                 _ => return None,
             }
             self.exprs.push(Load::Meta(15, 1).expr(0));
-            self.cmp(0, 0, &[proto]);
+            self.cmp(0, NFT_CMP_EQ, &[proto]);
             self.checked = Some(proto);
         }
         Some(())
@@ -468,9 +463,9 @@ impl RuleBuilder {
 
     fn cmp(&mut self, unit: Unit, op: u32, data: &[u8]) {
         let mut a = Vec::new();
-        be32(&mut a, 1, reg(unit)); // NFTA_CMP_SREG
-        be32(&mut a, 2, op); // NFT_CMP_EQ 0, NEQ 1
-        put_data(&mut a, 3, data);
+        be32(&mut a, NFTA_CMP_SREG, reg(unit));
+        be32(&mut a, NFTA_CMP_OP, op);
+        put_data(&mut a, NFTA_CMP_DATA, data);
         self.exprs.push(Expr {
             name: "cmp",
             attrs: a,
@@ -479,11 +474,15 @@ impl RuleBuilder {
 
     fn bitwise(&mut self, unit: Unit, mask: &[u8], xor: &[u8]) {
         let mut a = Vec::new();
-        be32(&mut a, 1, reg(unit)); // SREG
-        be32(&mut a, 2, reg(unit)); // DREG
-        be32(&mut a, 3, u32::try_from(mask.len()).unwrap_or(0));
-        put_data(&mut a, 4, mask);
-        put_data(&mut a, 5, xor);
+        be32(&mut a, NFTA_BITWISE_SREG, reg(unit));
+        be32(&mut a, NFTA_BITWISE_DREG, reg(unit));
+        be32(
+            &mut a,
+            NFTA_BITWISE_LEN,
+            u32::try_from(mask.len()).unwrap_or(0),
+        );
+        put_data(&mut a, NFTA_BITWISE_MASK, mask);
+        put_data(&mut a, NFTA_BITWISE_XOR, xor);
         self.exprs.push(Expr {
             name: "bitwise",
             attrs: a,
@@ -512,12 +511,12 @@ impl RuleBuilder {
         });
     }
 
-    fn verdict(&mut self, code: i32, chain: Option<&str>) {
+    fn verdict(&mut self, code: u32, chain: Option<&str>) {
         let mut a = Vec::new();
-        be32(&mut a, 1, 0); // NFTA_IMMEDIATE_DREG: the verdict register
-        put_nested(&mut a, 2, |a| {
+        be32(&mut a, NFTA_IMMEDIATE_DREG, 0); // the verdict register
+        put_nested(&mut a, NFTA_IMMEDIATE_DATA, |a| {
             put_nested(a, NFTA_DATA_VERDICT, |a| {
-                be32(a, NFTA_VERDICT_CODE, code as u32);
+                be32(a, NFTA_VERDICT_CODE, code);
                 if let Some(c) = chain {
                     put_str(a, NFTA_VERDICT_CHAIN, c);
                 }
@@ -574,8 +573,6 @@ impl RuleBuilder {
 
     /// A field against a value: equal, a prefix, or flags of a bit mask.
     fn compare(&mut self, l: &Load, op: &str, right: &Value) -> Option<()> {
-        const EQ: u32 = 0;
-        const NEQ: u32 = 1;
         match (l, op, right) {
             (Load::Meta(15, _), "==", Value::String(p)) => {
                 let proto: u8 = match p.as_str() {
@@ -584,11 +581,11 @@ impl RuleBuilder {
                     _ => return None,
                 };
                 self.exprs.push(l.expr(0));
-                self.cmp(0, EQ, &[proto]);
+                self.cmp(0, NFT_CMP_EQ, &[proto]);
             }
             (Load::FibDaddrType, "==", Value::String(t)) if t == "local" => {
                 self.exprs.push(l.expr(0));
-                self.cmp(0, EQ, &2u32.to_ne_bytes()); // RTN_LOCAL
+                self.cmp(0, NFT_CMP_EQ, &2u32.to_ne_bytes()); // RTN_LOCAL
             }
             (Load::Payload(base, offset, len), "==", Value::Object(_)) => {
                 let p = right.get("prefix")?;
@@ -609,7 +606,7 @@ impl RuleBuilder {
                     // A whole number of bytes: load just those.
                     let n = bits / 8;
                     self.exprs.push(Load::Payload(*base, *offset, n).expr(0));
-                    self.cmp(0, EQ, bytes.get(..n as usize)?);
+                    self.cmp(0, NFT_CMP_EQ, bytes.get(..n as usize)?);
                 } else {
                     let mask: Vec<u8> = match net.mask() {
                         std::net::IpAddr::V4(m) => m.octets().to_vec(),
@@ -617,7 +614,7 @@ impl RuleBuilder {
                     };
                     self.exprs.push(l.expr(0));
                     self.bitwise(0, &mask, &vec![0; mask.len()]);
-                    self.cmp(0, EQ, &bytes);
+                    self.cmp(0, NFT_CMP_EQ, &bytes);
                 }
             }
             (Load::Ct(key, _), "in", flags) => {
@@ -641,7 +638,7 @@ impl RuleBuilder {
                 }
                 self.exprs.push(l.expr(0));
                 self.bitwise(0, &bits.to_ne_bytes(), &[0; 4]);
-                self.cmp(0, NEQ, &[0; 4]);
+                self.cmp(0, NFT_CMP_NEQ, &[0; 4]);
             }
             _ => return None,
         }

@@ -12,8 +12,6 @@ use common::netlink::{Link, RouteSocket};
 use common::netns::NetNs;
 use common::nft::attachment_comment;
 use common::spec::CniResult;
-use sha2::{Digest, Sha512};
-use std::fmt::Write;
 
 /// How much traffic, in time at the configured rate, the queue may hold beyond the burst.
 pub const LATENCY_MS: u32 = 25;
@@ -26,16 +24,7 @@ const IFB_PREFIX: &str = "bwp";
 /// The ifb of an attachment: `bwp` + the first 12 hex digits of sha512(network + container
 /// ID), the reference plugin's name, so that either plugin finds the other's device.
 pub fn ifb_name(network: &str, container_id: &str) -> String {
-    let digest = Sha512::digest(format!("{network}{container_id}").as_bytes());
-    let mut name = String::from(IFB_PREFIX);
-    for b in digest.iter() {
-        if name.len() >= IFNAME_MAX {
-            break;
-        }
-        let _ = write!(name, "{b:02x}");
-    }
-    name.truncate(IFNAME_MAX);
-    name
+    common::naming::reference_name(IFB_PREFIX, network, container_id, IFNAME_MAX)
 }
 
 /// True for a name [`ifb_name`] could have made.

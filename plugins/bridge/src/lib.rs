@@ -66,6 +66,9 @@ impl Plugin for Bridge {
         if let Err(e) = rules::gc_rules(&conf.raw.net.name, &valid) {
             errors.push(e.context("removing stale masquerade and spoof-check rules"));
         }
+        if let Err(e) = rules::gc_reference_masq(&conf.raw.net.name, &valid) {
+            errors.push(e);
+        }
         if conf.is_layer3() {
             if let Err(e) = ipam::exec_command(args, Command::Gc) {
                 errors.push(e);
@@ -255,6 +258,9 @@ fn rules_from_prev(args: &CmdArgs, conf: &Conf, prev: &CniResult) -> Option<Atta
 }
 
 fn del(args: &CmdArgs, conf: &Conf) -> Result<()> {
+    if conf.raw.ip_masq {
+        rules::del_reference_masq(&conf.raw.net.name, &args.container_id, &args.ifname);
+    }
     let mut errors = Vec::new();
     let prev = args.prev_result().unwrap_or_else(|e| {
         log::warn!("DEL: ignoring an unreadable prevResult: {e}");

@@ -43,7 +43,7 @@
 use common::error::{Error, Result};
 use common::nft::{
     self, Batch, ChainDef, Family, Hook, Key, SetDef, TableRef, attachment_comment, matches,
-    payload, set_ref,
+    payload, reference, set_ref,
 };
 use common::spec::config::Attachment;
 use ipnetwork::IpNetwork;
@@ -404,6 +404,23 @@ pub fn gc_rules(network: &str, valid: &[Attachment]) -> Result<()> {
             "garbage-collecting nftables rules of network {network}"
         ))
     })
+}
+
+/// Kernel: DEL of what the reference bridge made for this attachment's ipMasq before the
+/// binaries were swapped (its `CNI-<hash>` nat chains and their jumps, its nftables backend's
+/// rules; see [`common::nft::reference`]). Never fails: problems are logged.
+pub fn del_reference_masq(network: &str, container_id: &str, ifname: &str) {
+    reference::del_bridge_masq_in_kernel(reference::Owner {
+        network,
+        container_id,
+        ifname,
+    });
+}
+
+/// Kernel: GC of the reference bridge's masquerade objects of `network` whose owner is not in
+/// `valid`.
+pub fn gc_reference_masq(network: &str, valid: &[Attachment]) -> Result<()> {
+    reference::gc_bridge_masq_in_kernel(network, valid).map(drop)
 }
 
 #[cfg(test)]

@@ -182,6 +182,7 @@ impl Plugin for Firewall {
             log::warn!("DEL: ignoring an unreadable prevResult: {e}");
             None
         });
+        rules::del_reference_accepts(&network, &args.container_id, &args.ifname, prev.as_ref());
         let known = match (policy, prev) {
             (Some(policy), Some(prev)) => {
                 let r = rules_from_prev(args, &network, policy, &prev);

@@ -57,8 +57,9 @@
 use common::error::{Error, Result};
 use common::nft::{
     self, Batch, ChainDef, Family, Hook, Key, SetDef, TableListing, TableRef, attachment_comment,
-    matches, meta, payload, set_ref,
+    matches, meta, payload, reference, set_ref,
 };
+use common::spec::CniResult;
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -389,6 +390,36 @@ pub fn add_batch(rules: &AttachmentRules, extra: Vec<Value>) -> Result<Batch> {
 /// a `guarded_bridges` element alone: guarded attachments are deleted by [`prune_in_kernel`].
 pub fn del_known_batch(rules: &AttachmentRules) -> Result<Batch> {
     Ok(Batch::deleting(&rules.elements()?))
+}
+
+/// Kernel: DEL of the reference firewall's accepts (`CNI-FORWARD`, filter table) for the
+/// addresses of this attachment in its prevResult, made before the binaries were swapped.
+/// They name no owner, so only these addresses and only the two shapes the reference writes
+/// go, as with the reference's own DEL; without prevResult nothing does, and GC never removes
+/// them (see [`common::nft::reference::del_firewall_accepts_in_kernel`]). Never fails:
+/// problems are logged.
+pub fn del_reference_accepts(
+    network: &str,
+    container_id: &str,
+    ifname: &str,
+    prev: Option<&CniResult>,
+) {
+    let Some(prev) = prev else {
+        return;
+    };
+    let idx = prev.container_interface(ifname).map(|(i, _)| i);
+    let mut addrs: Vec<IpAddr> = Vec::new();
+    for ip in prev.ips_of(idx) {
+        if !addrs.contains(&ip.address.ip()) {
+            addrs.push(ip.address.ip());
+        }
+    }
+    let owner = reference::Owner {
+        network,
+        container_id,
+        ifname,
+    };
+    reference::del_firewall_accepts_in_kernel(owner, &addrs);
 }
 
 /// The bridge named by a listed `members` element (`{"concat": [bridge, addr]}`).

@@ -77,6 +77,7 @@ impl Plugin for Portmap {
             },
             _ => None,
         };
+        rules::del_reference_rules(conf.network(), &args.container_id, &args.ifname);
         let flows = rules::del_rules(
             conf.network(),
             &args.container_id,
@@ -112,7 +113,7 @@ impl Plugin for Portmap {
         let valid = valid_attachments(&args.conf)?;
         let flows = rules::gc_rules(conf.network(), &valid)?;
         flush_udp(&flows, Stage::Del);
-        Ok(())
+        rules::gc_reference_rules(conf.network(), &valid)
     }
 
     fn status(&self, args: &CmdArgs) -> Result<()> {

@@ -50,7 +50,7 @@ use crate::config::{Mapping, Proto};
 use common::error::{Error, Result};
 use common::nft::{
     self, Batch, ChainDef, Family, Hook, Key, SetDef, TableListing, TableRef, attachment_comment,
-    matches, payload, set_ref,
+    matches, payload, reference, set_ref,
 };
 use common::spec::config::Attachment;
 use serde_json::{Value, json};
@@ -675,6 +675,23 @@ pub fn gc_rules(network: &str, valid: &[Attachment]) -> Result<Vec<UdpFlow>> {
     }
     nft::apply_to_kernel(&batch).map_err(|e| e.context(ctx()))?;
     Ok(flows)
+}
+
+/// Kernel: DEL of what the reference portmap made for this attachment before the binaries
+/// were swapped (its `CNI-DN-<hash>` nat chains and their jumps, its nftables backend's rules
+/// of this container; see [`common::nft::reference`]). Never fails: problems are logged.
+pub fn del_reference_rules(network: &str, container_id: &str, ifname: &str) {
+    reference::del_portmap_in_kernel(reference::Owner {
+        network,
+        container_id,
+        ifname,
+    });
+}
+
+/// Kernel: GC of the reference portmap's DNAT chains of `network` whose owner is not in
+/// `valid`.
+pub fn gc_reference_rules(network: &str, valid: &[Attachment]) -> Result<()> {
+    reference::gc_portmap_in_kernel(network, valid).map(drop)
 }
 
 /// `meta nfproto` matches are dropped from a listed rule when another match implies the
