@@ -345,12 +345,12 @@ pub fn try_update(path: &Path, o: &Observation) -> crate::Result<()> {
     let lock_path = sibling(path, ".lock");
     match lock::try_lock(&lock_path)? {
         Some(guard) => write_locked(path, Some(o), guard)?,
-        None => leave_pending(path, o)?,
+        None => Pending::open(path, true)?.leave(o)?,
     }
     // The lock is free again (or someone else holds it and will look here after releasing
     // it): take in what was left meanwhile.
     for _ in 0..MAX_ROUNDS {
-        if pending_files(path).is_empty() {
+        if Pending::existing(path).names().is_empty() {
             break;
         }
         match lock::try_lock(&lock_path)? {
@@ -361,90 +361,163 @@ pub fn try_update(path: &Path, o: &Observation) -> crate::Result<()> {
     Ok(())
 }
 
-fn pending_dir(path: &Path) -> PathBuf {
-    sibling(path, ".pending")
+/// `<file>.pending/`, where operations wait for the lock's holder. Every access goes through
+/// one descriptor of the directory opened without following a symlink, and files in it are
+/// created exclusively and opened without following one either: whoever can write beside the
+/// metrics file cannot redirect a write, a read or a removal elsewhere.
+struct Pending {
+    /// `None` when the directory does not exist (nothing pending).
+    dir: Option<std::os::fd::OwnedFd>,
+    path: PathBuf,
 }
 
-/// The operations waiting in `<file>.pending/`.
-fn pending_files(path: &Path) -> Vec<PathBuf> {
-    let Ok(dir) = std::fs::read_dir(pending_dir(path)) else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == PENDING_EXT))
-        .collect()
-}
+impl Pending {
+    fn open(file: &Path, create: bool) -> crate::Result<Pending> {
+        use nix::fcntl::{OFlag, open};
+        use nix::sys::stat::Mode;
+        let path = sibling(file, ".pending");
+        let io = |e: nix::Error| crate::Error::io(format!("opening {}", path.display()), e.into());
+        if create {
+            match nix::unistd::mkdir(&path, Mode::from_bits_truncate(0o755)) {
+                Ok(()) | Err(nix::Error::EEXIST) => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let dir = match open(&path, flags, Mode::empty()) {
+            Ok(fd) => Some(fd),
+            Err(nix::Error::ENOENT) if !create => None,
+            Err(e) => return Err(io(e)),
+        };
+        Ok(Pending { dir, path })
+    }
 
-/// Leaves `o` in `<file>.pending/` for the lock's holder: written under a hidden name and
-/// renamed, so a holder reads it whole or not at all.
-fn leave_pending(path: &Path, o: &Observation) -> crate::Result<()> {
-    use crate::error::IoContext;
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static SEQ: AtomicU32 = AtomicU32::new(0);
-    let dir = pending_dir(path);
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(&dir)
-        .with_io_context(|| format!("creating {}", dir.display()))?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let name = format!(
-        "{}-{nanos}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    );
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let done = dir.join(format!("{name}.{PENDING_EXT}"));
-    let record = serde_json::json!({
-        "plugin": o.plugin,
-        "command": o.command,
-        "seconds": o.duration.as_secs_f64(),
-        "code": o.error_code,
-    });
-    let write = || -> std::io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        f.write_all(record.to_string().as_bytes())?;
-        std::fs::rename(&tmp, &done)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        crate::Error::io(format!("writing {}", done.display()), e)
-    })
-}
+    /// The directory if it exists and is one; an unusable one (a symlink planted there) is
+    /// logged and treated as empty.
+    fn existing(file: &Path) -> Pending {
+        Pending::open(file, false).unwrap_or_else(|e| {
+            log::warn!("metrics: ignoring pending operations: {e}");
+            Pending {
+                dir: None,
+                path: sibling(file, ".pending"),
+            }
+        })
+    }
 
-/// Adds a pending operation's record to `m`; false when it is unreadable.
-fn record_pending(m: &mut Metrics, file: &Path) -> bool {
-    let Ok(bytes) = std::fs::read(file) else {
-        return false;
-    };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        return false;
-    };
-    let (Some(plugin), Some(command)) = (v["plugin"].as_str(), v["command"].as_str()) else {
-        return false;
-    };
-    let Some(duration) = v["seconds"]
-        .as_f64()
-        .and_then(|s| Duration::try_from_secs_f64(s).ok())
-    else {
-        return false;
-    };
-    let error_code = v["code"].as_u64().and_then(|c| u32::try_from(c).ok());
-    m.record(&Observation {
-        plugin,
-        command,
-        duration,
-        error_code,
-    });
-    true
+    /// Leaves `o` for the lock's holder: written under a hidden name and renamed, so a holder
+    /// reads it whole or not at all.
+    fn leave(&self, o: &Observation) -> crate::Result<()> {
+        use nix::fcntl::{OFlag, openat, renameat};
+        use nix::sys::stat::Mode;
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let name = format!(
+            "{}-{nanos}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let tmp = format!(".{name}.tmp");
+        let done = format!("{name}.{PENDING_EXT}");
+        let record = serde_json::json!({
+            "plugin": o.plugin,
+            "command": o.command,
+            "seconds": o.duration.as_secs_f64(),
+            "code": o.error_code,
+        });
+        let write = || -> nix::Result<()> {
+            let flags = OFlag::O_WRONLY
+                | OFlag::O_CREAT
+                | OFlag::O_EXCL
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_CLOEXEC;
+            let fd = openat(dir, tmp.as_str(), flags, Mode::from_bits_truncate(0o644))?;
+            let mut file = std::fs::File::from(fd);
+            file.write_all(record.to_string().as_bytes())
+                .map_err(|e| nix::Error::try_from(e).unwrap_or(nix::Error::EIO))?;
+            renameat(dir, tmp.as_str(), dir, done.as_str())
+        };
+        write().map_err(|e| {
+            let _ =
+                nix::unistd::unlinkat(dir, tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+            crate::Error::io(format!("writing {}/{done}", self.path.display()), e.into())
+        })
+    }
+
+    /// The names of the operations waiting.
+    fn names(&self) -> Vec<String> {
+        let Some(dir) = &self.dir else {
+            return Vec::new();
+        };
+        let Ok(fd) = dir.try_clone() else {
+            return Vec::new();
+        };
+        let Ok(mut listing) = nix::dir::Dir::from_fd(fd) else {
+            return Vec::new();
+        };
+        let suffix = format!(".{PENDING_EXT}");
+        listing
+            .iter()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().ok().map(str::to_string))
+            .filter(|n| n.ends_with(&suffix) && !n.starts_with('.'))
+            .collect()
+    }
+
+    /// Adds the operation `name` to `m`; false when it is unreadable.
+    fn record(&self, m: &mut Metrics, name: &str) -> bool {
+        use nix::fcntl::{OFlag, openat};
+        use nix::sys::stat::Mode;
+        use std::io::Read;
+        let Some(dir) = &self.dir else {
+            return false;
+        };
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
+        let Ok(fd) = openat(dir, name, flags, Mode::empty()) else {
+            return false;
+        };
+        let mut bytes = Vec::new();
+        // A record is a few dozen bytes: anything longer is not one.
+        if std::fs::File::from(fd)
+            .take(4096)
+            .read_to_end(&mut bytes)
+            .is_err()
+        {
+            return false;
+        }
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            return false;
+        };
+        let (Some(plugin), Some(command)) = (v["plugin"].as_str(), v["command"].as_str()) else {
+            return false;
+        };
+        let Some(duration) = v["seconds"]
+            .as_f64()
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        else {
+            return false;
+        };
+        let error_code = v["code"].as_u64().and_then(|c| u32::try_from(c).ok());
+        m.record(&Observation {
+            plugin,
+            command,
+            duration,
+            error_code,
+        });
+        true
+    }
+
+    fn remove(&self, name: &str) {
+        if let Some(dir) = &self.dir {
+            let _ = nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir);
+        }
+    }
 }
 
 /// With the lock held: the file plus `own` plus every pending operation, written whole; the
@@ -460,15 +533,19 @@ fn write_locked(
         Err(e) => return Err(crate::Error::io(format!("reading {}", path.display()), e)),
     };
     let mut m = Metrics::parse(&text);
-    let pending = pending_files(path);
-    for file in &pending {
-        if !record_pending(&mut m, file) {
-            log::warn!("metrics: dropping unreadable {}", file.display());
+    let pending = Pending::existing(path);
+    let names = pending.names();
+    for name in &names {
+        if !pending.record(&mut m, name) {
+            log::warn!(
+                "metrics: dropping unreadable {}/{name}",
+                pending.path.display()
+            );
         }
     }
     if let Some(o) = own {
         m.record(o);
-    } else if pending.is_empty() {
+    } else if names.is_empty() {
         return Ok(());
     }
     let tmp = sibling(path, ".tmp");
@@ -489,8 +566,8 @@ fn write_locked(
         let _ = std::fs::remove_file(&tmp);
         crate::Error::io(format!("writing {}", path.display()), e)
     })?;
-    for file in &pending {
-        let _ = std::fs::remove_file(file);
+    for name in &names {
+        pending.remove(name);
     }
     drop(guard);
     Ok(())
@@ -588,7 +665,7 @@ mod tests {
             t.elapsed()
         );
         // Left for the holder: the file is unchanged so far.
-        assert_eq!(pending_files(&path).len(), 2);
+        assert_eq!(Pending::open(&path, false).unwrap().names().len(), 2);
         let m = Metrics::parse(&std::fs::read_to_string(&path).unwrap());
         assert_eq!(m.operations.len(), 1);
         drop(held);
@@ -604,8 +681,8 @@ mod tests {
             assert_eq!(m.operations[&(p.into(), c.into())], 1, "{p} {c}");
         }
         assert_eq!(m.errors[&("loopback".into(), "DEL".into(), "7".into())], 1);
-        assert!(pending_files(&path).is_empty());
-        let stray: Vec<_> = std::fs::read_dir(pending_dir(&path))
+        assert!(Pending::open(&path, false).unwrap().names().is_empty());
+        let stray: Vec<_> = std::fs::read_dir(sibling(&path, ".pending"))
             .unwrap()
             .flatten()
             .map(|e| e.file_name())
@@ -633,23 +710,45 @@ mod tests {
             m.operations[&("tuning".into(), "ADD".into())],
             (THREADS * EACH) as u64
         );
-        assert!(pending_files(&path).is_empty());
+        assert!(Pending::open(&path, false).unwrap().names().is_empty());
     }
 
     #[test]
     fn unreadable_pending_records_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cni.prom");
-        std::fs::create_dir_all(pending_dir(&path)).unwrap();
-        std::fs::write(pending_dir(&path).join("x.obs"), "not json").unwrap();
+        std::fs::create_dir_all(sibling(&path, ".pending")).unwrap();
+        std::fs::write(sibling(&path, ".pending").join("x.obs"), "not json").unwrap();
         std::fs::write(
-            pending_dir(&path).join("y.obs"),
+            sibling(&path, ".pending").join("y.obs"),
             r#"{"plugin":"p","command":"ADD","seconds":-1}"#,
         )
         .unwrap();
         update(&path, &obs("p", "DEL", 1, None));
         let m = Metrics::parse(&std::fs::read_to_string(&path).unwrap());
         assert_eq!(m.operations.len(), 1);
-        assert!(pending_files(&path).is_empty());
+        assert!(Pending::open(&path, false).unwrap().names().is_empty());
+    }
+
+    #[test]
+    fn a_planted_symlink_redirects_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let victim = elsewhere.path().join("keep.obs");
+        std::fs::write(&victim, r#"{"plugin":"p","command":"ADD","seconds":1}"#).unwrap();
+        let path = dir.path().join("cni.prom");
+        std::os::unix::fs::symlink(elsewhere.path(), sibling(&path, ".pending")).unwrap();
+        // With the lock busy the operation cannot be left: it is dropped, not written there.
+        let held = lock::try_lock(&sibling(&path, ".lock")).unwrap().unwrap();
+        assert!(try_update(&path, &obs("p", "DEL", 1, None)).is_err());
+        drop(held);
+        // The holder's pass counts its own operation, and neither reads nor removes what the
+        // link points at.
+        try_update(&path, &obs("p", "DEL", 1, None)).unwrap();
+        let m = Metrics::parse(&std::fs::read_to_string(&path).unwrap());
+        assert_eq!(m.operations[&("p".into(), "DEL".into())], 1);
+        assert!(!m.operations.contains_key(&("p".into(), "ADD".into())));
+        assert!(victim.exists());
+        assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 1);
     }
 }
