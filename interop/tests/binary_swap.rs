@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha512};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use support::{LIBCNI_RESULTS, Network, REFERENCE_DIR, Side, addresses, container_id};
+use support::{Network, REFERENCE_DIR, Side, addresses, container_id};
 use testkit::{Run, TestNs, run_args_in, tcp_peer_seen, tcp_via};
 
 const OURS: Side = Side::Ours;
@@ -54,12 +54,7 @@ fn ready() -> Option<PathBuf> {
     if missing.is_empty() {
         return Some(cnitool);
     }
-    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    assert!(
-        !in_ci,
-        "{missing:?} missing: the interop tests must run in CI (run scripts/install-deps.sh --interop)"
-    );
-    eprintln!("skipping: {missing:?} missing (scripts/install-deps.sh --interop installs them)");
+    testkit::cannot_run(&format!("{missing:?} missing"));
     None
 }
 
@@ -281,27 +276,11 @@ fn ruleset(net: &Network) -> Value {
     net.host.nft_ruleset()
 }
 
-/// Removes a second network's libcni cache files whatever happens to the test.
-struct CacheFiles(String);
-
-impl Drop for CacheFiles {
-    fn drop(&mut self) {
-        let prefix = format!("{}-", self.0);
-        if let Ok(d) = std::fs::read_dir(LIBCNI_RESULTS) {
-            for e in d.flatten() {
-                if e.file_name().to_string_lossy().starts_with(&prefix) {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
-    }
-}
-
 /// A second network of `net`'s node (same host namespace, plugin directory and state
 /// directories): its conflist next to the first one.
 struct SecondNetwork {
     name: String,
-    _cache: CacheFiles,
+    _cache: testkit::LibcniCache,
 }
 
 impl SecondNetwork {
@@ -318,7 +297,7 @@ impl SecondNetwork {
         )
         .unwrap();
         SecondNetwork {
-            _cache: CacheFiles(name.clone()),
+            _cache: testkit::LibcniCache(name.clone()),
             name,
         }
     }

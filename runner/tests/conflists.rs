@@ -53,24 +53,6 @@ impl Runner<'_> {
     }
 }
 
-fn addresses(result: &Value) -> Vec<IpAddr> {
-    result["ips"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|ip| {
-            ip["address"]
-                .as_str()
-                .unwrap()
-                .split('/')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap()
-        })
-        .collect()
-}
-
 #[test]
 fn every_shipped_conflist_connects_two_containers_and_cleans_up() {
     if !have_root() {
@@ -120,7 +102,10 @@ fn every_shipped_conflist_connects_two_containers_and_cleans_up() {
         };
         let r1 = add(&c1, "ctr-one");
         let r2 = add(&c2, "ctr-two");
-        let (a1, a2) = (addresses(&r1), addresses(&r2));
+        let (a1, a2) = (
+            testkit::result_addresses(&r1),
+            testkit::result_addresses(&r2),
+        );
         assert!(!a1.is_empty(), "{}: no address handed out", file.display());
         for (i, (x, y)) in a1.iter().zip(&a2).enumerate() {
             let port = 7100 + i as u16;
@@ -189,17 +174,7 @@ fn libcni_cnitool_runs_the_chain() {
     if !have_root() {
         return;
     }
-    let Some(cnitool) = ["/usr/local/bin/cnitool", "/usr/bin/cnitool"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-    else {
-        let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-        assert!(
-            !in_ci,
-            "cnitool is not installed: run scripts/install-deps.sh --interop"
-        );
-        eprintln!("skipping: cnitool is not installed");
+    let Some(cnitool) = testkit::cnitool() else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -210,24 +185,8 @@ fn libcni_cnitool_runs_the_chain() {
     list["name"] = Value::from(net.as_str());
     std::fs::write(tmp.path().join("chain.conflist"), list.to_string()).unwrap();
 
-    // cnitool keeps libcni's cache under /var/lib/cni/results: remove this network's files
-    // whatever happens.
-    struct CacheGuard(String);
-    impl Drop for CacheGuard {
-        fn drop(&mut self) {
-            if let Ok(d) = std::fs::read_dir("/var/lib/cni/results") {
-                for e in d.flatten() {
-                    if e.file_name()
-                        .to_string_lossy()
-                        .starts_with(&format!("{}-", self.0))
-                    {
-                        let _ = std::fs::remove_file(e.path());
-                    }
-                }
-            }
-        }
-    }
-    let _guard = CacheGuard(net.clone());
+    // cnitool keeps libcni's cache under /var/lib/cni/results.
+    let _cache = testkit::LibcniCache(net.clone());
 
     let host = TestNs::new();
     let c1 = TestNs::new();
@@ -239,7 +198,7 @@ fn libcni_cnitool_runs_the_chain() {
     let add = run_args_in(&host, &cnitool, &["add", &net, c1.path()], &env, "");
     assert_eq!(add.code, 0, "cnitool add: {} {}", add.stdout, add.stderr);
     let result = add.json();
-    let addr = addresses(&result)[0];
+    let addr = testkit::result_addresses(&result)[0];
     // The host reaches the container through the bridge gateway.
     tcp_exchange(&c1, &host, SocketAddr::new(addr, 7200)).unwrap();
     let check = run_args_in(&host, &cnitool, &["check", &net, c1.path()], &env, "");
@@ -287,7 +246,7 @@ fn multi_tenant_networks_are_isolated_from_each_other() {
     for (i, id, tenant) in plan {
         let r = runners[tenant].run("add", &["--netns", ctrs[i].path(), "--container-id", id]);
         assert_eq!(r.code, 0, "add {id}: {} {}", r.stdout, r.stderr);
-        addrs.push(addresses(&r.json())[0]);
+        addrs.push(testkit::result_addresses(&r.json())[0]);
     }
     tcp_exchange(&ctrs[1], &ctrs[0], SocketAddr::new(addrs[1], 7400))
         .expect("a1 -> a2 inside tenant a");

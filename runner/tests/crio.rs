@@ -480,21 +480,9 @@ impl Owned {
     }
 }
 
-fn addresses(result: &Value) -> Vec<IpAddr> {
-    result["ips"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|ip| {
-            let a = ip["address"].as_str().unwrap();
-            a.split('/').next().unwrap().parse().unwrap()
-        })
-        .collect()
-}
-
 /// TCP from `b` to `a` over every address family `a` has.
 fn talk(a: &Pod, a_result: &Value, b: &Pod, port: u16) {
-    for (i, ip) in addresses(a_result).into_iter().enumerate() {
+    for (i, ip) in testkit::result_addresses(a_result).into_iter().enumerate() {
         tcp_exchange(a.ns(), b.ns(), SocketAddr::new(ip, port + i as u16))
             .unwrap_or_else(|e| panic!("{} -> {} ({ip}): {e}", b.name, a.name));
     }
@@ -801,13 +789,13 @@ fn crio_arguments_through_libcni_cnitool_at_1_0_0() {
     if !have_root() {
         return;
     }
-    let Some(cnitool) = cnitool() else {
+    let Some(cnitool) = testkit::cnitool() else {
         return;
     };
     let node = Node::new("1.0.0");
     // cnitool reads the list by name from NETCONFPATH, and keeps libcni's cache in
     // /var/lib/cni/results whatever happens.
-    let _guard = LibcniCache(node.name.clone());
+    let _guard = testkit::LibcniCache(node.name.clone());
     let bin = testkit::bin_dir();
     let confdir = node.tmp.path();
     let tool = |verb: &str, pod: &Pod| {
@@ -880,55 +868,11 @@ fn crio_arguments_through_libcni_cnitool_at_1_0_0() {
             pod.name, r.stdout, r.stderr
         );
     }
-    assert!(LibcniCache::files(&node.name).is_empty());
+    assert!(testkit::LibcniCache::files(&node.name).is_empty());
     // assert_empty looks for sandbox IDs; cnitool derives its own container IDs, so look for
     // those too.
     let ruleset = node.host.nft_ruleset().to_string();
     assert!(!ruleset.contains("cnitool-"), "{ruleset}");
     let refs: Vec<&Pod> = pods.iter().collect();
     node.assert_empty(&refs);
-}
-
-/// libcni's cnitool, when these tests can use it. Missing, it fails the test under CI
-/// (`CI=true`) and skips it elsewhere (`scripts/install-deps.sh --interop` installs it).
-fn cnitool() -> Option<PathBuf> {
-    let found = ["/usr/local/bin/cnitool", "/usr/bin/cnitool"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file());
-    if found.is_none() {
-        let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-        assert!(
-            !in_ci,
-            "libcni's cnitool is not installed (scripts/install-deps.sh --interop)"
-        );
-        eprintln!("skipping: libcni's cnitool is not installed");
-    }
-    found
-}
-
-/// Removes this network's files from libcni's cache (where cnitool always writes) whatever
-/// happens to the test.
-struct LibcniCache(String);
-
-impl LibcniCache {
-    fn files(net: &str) -> Vec<PathBuf> {
-        let prefix = format!("{net}-");
-        std::fs::read_dir("/var/lib/cni/results")
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-                    .map(|e| e.path())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for LibcniCache {
-    fn drop(&mut self) {
-        for f in LibcniCache::files(&self.0) {
-            let _ = std::fs::remove_file(f);
-        }
-    }
 }

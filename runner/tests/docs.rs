@@ -207,20 +207,6 @@ fn redirect_state(list: &mut Value, tmp: &Path) {
     }
 }
 
-fn addresses(result: &Value) -> Vec<IpAddr> {
-    result["ips"]
-        .as_array()
-        .map(|ips| {
-            ips.iter()
-                .map(|ip| {
-                    let a = ip["address"].as_str().unwrap();
-                    a.split('/').next().unwrap().parse().unwrap()
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 struct Cnirun<'a> {
     host: &'a TestNs,
     conflist: PathBuf,
@@ -332,7 +318,10 @@ fn run_example(place: &str, example: &Value) -> Result<bool, String> {
         }
         results.push(result);
     }
-    let (a1, a2) = (addresses(&results[0]), addresses(&results[1]));
+    let (a1, a2) = (
+        testkit::result_addresses(&results[0]),
+        testkit::result_addresses(&results[1]),
+    );
     if loopback_only {
         for (ns, id, ..) in &ctrs {
             let lo = ns.ip_json(&["link", "show", "lo"]);

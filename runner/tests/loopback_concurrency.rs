@@ -261,18 +261,6 @@ fn assert_lo_ready(pod: &Pod) {
     );
 }
 
-fn addresses(result: &Value) -> Vec<IpAddr> {
-    result["ips"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|ip| {
-            let a = ip["address"].as_str().unwrap();
-            a.split('/').next().unwrap().parse().unwrap()
-        })
-        .collect()
-}
-
 /// Counts of `cni_operations_total{plugin=..,command=..}` in the metrics file.
 fn op_count(metrics: &Path, plugin: &str, command: &str) -> u64 {
     let text = std::fs::read_to_string(metrics).unwrap();
@@ -328,7 +316,7 @@ fn loopback_and_the_pod_chain_run_at_once_for_many_pods() {
                 );
                 let lo = lo.json();
                 assert_eq!(lo["interfaces"][0]["name"], "lo", "{lo}");
-                let mut lo_ips = addresses(&lo);
+                let mut lo_ips = testkit::result_addresses(&lo);
                 lo_ips.sort();
                 assert_eq!(
                     lo_ips,
@@ -343,7 +331,12 @@ fn loopback_and_the_pod_chain_run_at_once_for_many_pods() {
     });
     for (pod, result) in pods.iter().zip(&results) {
         assert_lo_ready(pod);
-        assert_eq!(addresses(result).len(), 2, "{}: {result}", pod.name);
+        assert_eq!(
+            testkit::result_addresses(result).len(),
+            2,
+            "{}: {result}",
+            pod.name
+        );
         let r = node.eth0("check", pod, true);
         assert_eq!(r.code, 0, "{}: eth0 CHECK: {}", pod.name, r.stdout);
     }
@@ -355,7 +348,10 @@ fn loopback_and_the_pod_chain_run_at_once_for_many_pods() {
                 .unwrap_or_else(|e| panic!("{}: over lo to {ip}: {e}", pod.name));
         }
     }
-    for (i, ip) in addresses(&results[0]).into_iter().enumerate() {
+    for (i, ip) in testkit::result_addresses(&results[0])
+        .into_iter()
+        .enumerate()
+    {
         tcp_exchange(
             pods[0].ns(),
             pods[1].ns(),

@@ -183,6 +183,72 @@ impl Drop for TestNs {
     }
 }
 
+/// A test that needs a tool this machine lacks: under CI (`CI=true` or `1`) that is a
+/// failure, since CI installs everything (`scripts/install-deps.sh --interop`); elsewhere
+/// the test prints why and is skipped. Call it, then return.
+pub fn cannot_run(why: &str) {
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(
+        !in_ci,
+        "{why}: this test must run in CI (scripts/install-deps.sh --interop installs what it needs)"
+    );
+    eprintln!("skipping: {why} (scripts/install-deps.sh --interop installs it)");
+}
+
+/// libcni's `cnitool`, if installed; [`cannot_run`] otherwise.
+pub fn cnitool() -> Option<PathBuf> {
+    let found = ["/usr/local/bin/cnitool", "/usr/bin/cnitool"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file());
+    if found.is_none() {
+        cannot_run("libcni's cnitool is not installed");
+    }
+    found
+}
+
+/// The addresses of a result's `ips`, without their prefix length.
+pub fn result_addresses(result: &Value) -> Vec<std::net::IpAddr> {
+    result["ips"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no ips in {result}"))
+        .iter()
+        .map(|ip| {
+            let a = ip["address"].as_str().unwrap();
+            a.split('/').next().unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+/// libcni's result cache, where cnitool always writes.
+pub const LIBCNI_RESULTS: &str = "/var/lib/cni/results";
+
+/// Removes a network's entries from libcni's cache when dropped, whatever happens to the test.
+pub struct LibcniCache(pub String);
+
+impl LibcniCache {
+    /// The cache files of network `net`.
+    pub fn files(net: &str) -> Vec<PathBuf> {
+        let prefix = format!("{net}-");
+        std::fs::read_dir(LIBCNI_RESULTS)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for LibcniCache {
+    fn drop(&mut self) {
+        for f in LibcniCache::files(&self.0) {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
 /// The directory holding the workspace's built binaries (`CNI_TEST_BIN_DIR`, else the
 /// profile directory this test binary was built into).
 pub fn bin_dir() -> PathBuf {

@@ -31,8 +31,6 @@ use testkit::TestNs;
 
 /// Where Debian's containernetworking-plugins (the reference, 1.1.1) install their binaries.
 pub const REFERENCE_DIR: &str = "/usr/lib/cni";
-/// libcni's cache directory; containerd 1.6 always uses it (in its mount namespace).
-pub const LIBCNI_RESULTS: &str = "/var/lib/cni/results";
 /// Where containerd 1.6 mounts the pods' network namespaces (in its mount namespace).
 pub const NETNS_DIR: &str = "/var/run/netns";
 /// Run by `unshare --mount` before containerd: a private tmpfs on the directories containerd
@@ -116,12 +114,7 @@ pub fn ready() -> Option<Tools> {
         });
     }
     let why = format!("missing: {}", missing.join(", "));
-    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    assert!(
-        !in_ci,
-        "{why}: the CRI tests must run in CI (run scripts/install-deps.sh --interop)"
-    );
-    eprintln!("skipping: {why} (scripts/install-deps.sh --interop installs them)");
+    testkit::cannot_run(&why);
     None
 }
 
@@ -800,7 +793,7 @@ impl Node {
     /// The libcni cache files of a pod (its `eth0` on this network, its `lo` on
     /// containerd's loopback network).
     pub fn cache_files(&self, pod_id: &str) -> [PathBuf; 2] {
-        let dir = self.seen_by_daemon(LIBCNI_RESULTS);
+        let dir = self.seen_by_daemon(testkit::LIBCNI_RESULTS);
         [
             dir.join(format!("{}-{pod_id}-eth0", self.network)),
             dir.join(format!("{LOOPBACK_NET}-{pod_id}-lo")),

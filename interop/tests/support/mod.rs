@@ -9,12 +9,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use tempfile::TempDir;
-use testkit::{Run, TestNs, run_args_in};
+use testkit::{LibcniCache, Run, TestNs, run_args_in};
 
 /// Where Debian's containernetworking-plugins (the reference, 1.1.1) install their binaries.
 pub const REFERENCE_DIR: &str = "/usr/lib/cni";
-/// libcni's cache directory, which cnitool cannot be pointed elsewhere.
-pub const LIBCNI_RESULTS: &str = "/var/lib/cni/results";
 
 /// The cnitool to use when these tests can run here. Without root they are skipped (as every
 /// test of the workspace is). Without cnitool or the reference plugins they fail under CI
@@ -39,12 +37,7 @@ pub fn ready() -> Option<PathBuf> {
             format!("the reference plugins {missing_ref:?} are missing in {REFERENCE_DIR}")
         }
     };
-    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    assert!(
-        !in_ci,
-        "{why}: the interop tests must run in CI (run scripts/install-deps.sh --interop)"
-    );
-    eprintln!("skipping: {why} (scripts/install-deps.sh --interop installs it)");
+    testkit::cannot_run(&why);
     None
 }
 
@@ -72,50 +65,7 @@ pub fn container_id(ns: &TestNs) -> String {
     format!("cnitool-{hex}")
 }
 
-/// The addresses of a result's `ips`, without prefix length.
-pub fn addresses(result: &Value) -> Vec<IpAddr> {
-    result["ips"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no ips in {result}"))
-        .iter()
-        .map(|ip| {
-            ip["address"]
-                .as_str()
-                .unwrap()
-                .split('/')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap()
-        })
-        .collect()
-}
-
-/// Removes this network's libcni cache files whatever happens to the test (cnitool always
-/// uses /var/lib/cni/results).
-struct CacheGuard(String);
-
-impl CacheGuard {
-    fn files(net: &str) -> Vec<PathBuf> {
-        let prefix = format!("{net}-");
-        std::fs::read_dir(LIBCNI_RESULTS)
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-                    .map(|e| e.path())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for CacheGuard {
-    fn drop(&mut self) {
-        for f in CacheGuard::files(&self.0) {
-            let _ = std::fs::remove_file(f);
-        }
-    }
-}
+pub use testkit::result_addresses as addresses;
 
 /// One network of one test: its host namespace, its conflist in a NETCONFPATH directory of
 /// its own, its CNI_PATH directory of symlinks (ours and the reference's mixed), and its
@@ -126,7 +76,7 @@ pub struct Network {
     pub name: String,
     pub list: Value,
     cnitool: PathBuf,
-    _cache: CacheGuard,
+    _cache: LibcniCache,
 }
 
 impl Network {
@@ -153,7 +103,7 @@ impl Network {
     ) -> Network {
         let tmp = tempfile::tempdir().unwrap();
         let name = testkit::unique_name(prefix);
-        let _cache = CacheGuard(name.clone());
+        let _cache = LibcniCache(name.clone());
         for d in ["net.d", "bin", "data", "tuning"] {
             std::fs::create_dir(tmp.path().join(d)).unwrap();
         }
@@ -393,7 +343,7 @@ impl Network {
             "{}: tuning backups left: {backups:?}",
             self.name
         );
-        let cached = CacheGuard::files(&self.name);
+        let cached = LibcniCache::files(&self.name);
         assert!(
             cached.is_empty(),
             "{}: libcni cache left: {cached:?}",

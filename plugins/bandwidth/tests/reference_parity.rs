@@ -36,12 +36,7 @@ fn reference() -> Option<PathBuf> {
     if p.is_file() {
         return Some(p);
     }
-    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    assert!(
-        !in_ci,
-        "{REFERENCE} is missing: this test must run in CI (scripts/install-deps.sh --interop installs it)"
-    );
-    eprintln!("skipping: {REFERENCE} is not installed (scripts/install-deps.sh --interop)");
+    testkit::cannot_run(&format!("{REFERENCE} is missing"));
     None
 }
 
